@@ -1,0 +1,63 @@
+# circuittrack: `make test` and `make book` are the two commands a new user needs (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PROFILE ?= toy
+export WANDB_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+# pip's "Location ... is ignored" lines come from this machine's extra local indexes; they are harmless.
+PIPQUIET := grep -v -e 'is ignored: it is neither' || true
+
+.PHONY: venv toy test test-fast book notebooks bench clean-book
+
+## venv: create .venv (if missing) and install the pinned dependencies plus this package (editable)
+venv: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	@echo "==> creating $(VENV) and installing pinned dependencies (about a minute)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q -U pip 2>&1 | $(PIPQUIET)
+	@$(PY) -m pip install -q -r requirements.txt 2>&1 | $(PIPQUIET)
+	@$(PY) -m pip install -q --no-deps -e . 2>&1 | $(PIPQUIET)
+	@$(PY) -m pip check
+	@touch $(STAMP)
+	@echo "==> environment ready"
+
+## toy: train the offline toy suite if it is not trained yet (cached; `circuittrack train-toy --force` redoes it)
+toy: venv
+	@echo "==> toy suite"
+	@$(VENV)/bin/circuittrack train-toy
+
+## test: the whole test suite, offline (trains the toy suite first if needed)
+test: toy
+	@echo "==> tests"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+## test-fast: tests that need no trained toy suite
+test-fast: venv
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+## notebooks: execute every notebook with papermill into book/executed/ (PROFILE=toy|paper)
+notebooks: venv $(if $(filter toy,$(PROFILE)),toy,)
+	@mkdir -p book/executed
+	@shopt -s nullglob; nbs=(notebooks/*.ipynb); \
+	if [ $${#nbs[@]} -eq 0 ]; then echo "==> no notebooks yet"; fi; \
+	for nb in "$${nbs[@]}"; do \
+	  echo "==> papermill $$nb (profile $(PROFILE))"; \
+	  $(VENV)/bin/papermill "$$nb" "book/executed/$$(basename $$nb)" -p profile $(PROFILE) --progress-bar; \
+	done
+
+## book: everything, then build the Jupyter Book into _build/html
+book: notebooks
+	@echo "==> building the book"
+	@$(VENV)/bin/jupyter-book build . --path-output . -q
+	@echo "==> open _build/html/index.html"
+
+## bench: speed and memory benchmarks (prints a table, writes benchmarks/out/*.json)
+bench: venv
+	@mkdir -p benchmarks/out
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --out benchmarks/out/attribution.json
+
+clean-book:
+	rm -rf _build book/executed

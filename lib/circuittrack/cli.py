@@ -1,0 +1,204 @@
+"""The ``circuittrack`` command line: suites, model info, toy training, task evaluation, circuits.
+
+Every command prints human-readable text, or JSON on stdout with ``--json``. Bad arguments (unknown suite,
+model, step or task) exit with status 2 and a message listing the valid choices, before anything is loaded or
+written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Invalid user input: reported with exit status 2."""
+
+
+def _emit(args: argparse.Namespace, payload: dict, text: Callable[[dict], str]) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(text(payload))
+
+
+def _checked(fn: Callable, *a, **kw):
+    """Run a validation function, turning ValueError into a usage error."""
+    try:
+        return fn(*a, **kw)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+# ----- suites / info ---------------------------------------------------------------------------------------
+def cmd_suites(args: argparse.Namespace) -> None:
+    from circuittrack.suites import SUITE_NAMES, get_suite
+
+    out = {}
+    for name in SUITE_NAMES:
+        s = get_suite(name)
+        out[name] = {"description": s.description, "schedules": {k: len(v) for k, v in s.schedules.items()},
+                     "models": {m: spec.as_dict() for m, spec in s.models.items()}}
+
+    def text(p: dict) -> str:
+        lines = []
+        for name, s in p.items():
+            lines.append(f"{name}: {s['description']}")
+            if s["schedules"]:
+                lines.append("  schedules: " + ", ".join(f"{k} ({v})" for k, v in s["schedules"].items()))
+            for m, d in s["models"].items():
+                lines.append(f"  {m:<22} {d['n_params']:>14,} params  {d['n_layers']:>2} layers  "
+                             f"{d['n_heads']:>2} heads  d_model {d['d_model']:>5}  {d['n_checkpoints']} checkpoints")
+            if not s["models"]:
+                lines.append("  (any Hugging Face model id; pass --model ID --checkpoint STEP)")
+        return "\n".join(lines)
+
+    _emit(args, out, text)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from circuittrack.checkpoints import load_checkpoint, resolve
+
+    spec, step = _checked(resolve, args.suite, args.model, args.checkpoint if args.checkpoint else "final")
+    payload = {"suite": args.suite, **spec.as_dict()}
+    if args.checkpoint is not None:
+        payload["checkpoint"] = step
+        payload["tokens_seen"] = spec.tokens(step)
+        if args.load:
+            payload["loaded"] = load_checkpoint(args.suite, spec.name, step, device=args.device,
+                                                dtype=args.dtype).describe()
+
+    def text(p: dict) -> str:
+        lines = [f"{p['name']} ({p['suite']} suite, {p['hf_id']})",
+                 f"  parameters {p['n_params']:,}; {p['n_layers']} layers x {p['n_heads']} heads; "
+                 f"d_model {p['d_model']}; d_mlp {p['d_mlp']}; vocabulary {p['vocab_size']}",
+                 f"  {p['n_checkpoints']} checkpoints, steps {p['first_step']}..{p['final_step']}, "
+                 f"{p['tokens_per_step']:,} tokens per step"]
+        if "checkpoint" in p:
+            lines.append(f"  checkpoint step {p['checkpoint']}: {p['tokens_seen']:,} tokens seen")
+        if "loaded" in p:
+            lines.append("  loaded: " + ", ".join(f"{k}={v}" for k, v in p["loaded"].items()))
+        return "\n".join(lines)
+
+    _emit(args, payload, text)
+
+
+def cmd_train_toy(args: argparse.Namespace) -> None:
+    from circuittrack.toy.config import TOY_MODELS
+    from circuittrack.toy.train import train_suite
+
+    models = args.models or list(TOY_MODELS)
+    bad = [m for m in models if m not in TOY_MODELS]
+    if bad:
+        raise UsageError(f"unknown toy model(s) {', '.join(bad)}; valid: {', '.join(TOY_MODELS)}")
+    manifests = train_suite(models, force=args.force, progress=not args.json)
+    payload = {m: {"heldout_loss_step0": man["heldout_loss"][min(man["heldout_loss"], key=int)],
+                   "heldout_loss_final": man["heldout_loss"][max(man["heldout_loss"], key=int)],
+                   "train_seconds": man["train_seconds"], "n_params": man["n_params"]}
+               for m, man in manifests.items()}
+
+    def text(p: dict) -> str:
+        return "\n".join(f"{m}: held-out loss {d['heldout_loss_step0']:.3f} (step 0) -> "
+                         f"{d['heldout_loss_final']:.3f} (final); {d['n_params']:,} params; "
+                         f"trained in {d['train_seconds']:.0f}s" for m, d in p.items())
+
+    _emit(args, payload, text)
+
+
+# ----- tasks / eval ----------------------------------------------------------------------------------------
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from circuittrack.tasks import TASKS
+
+    payload = {name: {"metric": t.metric_kind, "default_n": t.default_n, "default_seed": t.default_seed,
+                      "description": t.description} for name, t in TASKS.items()}
+    _emit(args, payload, lambda p: "\n".join(
+        f"{n:<18} {d['metric']:<10} n={d['default_n']:<4} seed={d['default_seed']:<4} {d['description']}"
+        for n, d in p.items()))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from circuittrack.checkpoints import load_checkpoint, parse_dtype, resolve
+    from circuittrack.tasks import evaluate, get_task
+
+    spec, step = _checked(resolve, args.suite, args.model, args.checkpoint)
+    task = _checked(get_task, args.task)
+    _checked(parse_dtype, args.dtype)
+    if args.n is not None and args.n < 1:
+        raise UsageError(f"--n must be at least 1, got {args.n}")
+    ckpt = load_checkpoint(args.suite, spec.name, step, device=args.device, dtype=args.dtype)
+    data = _checked(task.make, ckpt.tokenizer, n=args.n, seed=args.seed)
+    result = evaluate(ckpt.model, data, batch_size=args.batch_size, device=args.device)
+    payload = {"suite": args.suite, "model": spec.name, "checkpoint": step, "tokens_seen": spec.tokens(step),
+               "task": task.name, "metric_kind": task.metric_kind,
+               "seed": task.default_seed if args.seed is None else args.seed, **result}
+    _emit(args, payload, lambda p: (f"{p['task']} on {p['model']} step {p['checkpoint']}: "
+                                    f"{p['metric_kind']} {p['metric']:.4f}, accuracy {p['accuracy']:.3f}, "
+                                    f"n {p['n']}"))
+
+
+def _register_task_commands(add: Callable) -> None:
+    add("tasks", cmd_tasks, "list the task registry")
+    sp = add("eval", cmd_eval, "evaluate a task on one checkpoint: metric, accuracy, n")
+    _model_args(sp)
+    sp.add_argument("--task", required=True, help="task name (see `circuittrack tasks`)")
+    sp.add_argument("--n", type=int, default=None, help="number of examples (default: the task's)")
+    sp.add_argument("--seed", type=int, default=None, help="dataset seed (default: the task's)")
+    sp.add_argument("--batch-size", type=int, default=32)
+
+
+# ----- parser ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="circuittrack", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--json", action="store_true", help="print JSON on stdout")
+        sp.set_defaults(func=fn)
+        return sp
+
+    add("suites", cmd_suites, "list suites, their models and checkpoint counts")
+
+    sp = add("info", cmd_info, "describe one model (and checkpoint)")
+    _model_args(sp, checkpoint_required=False)
+    sp.add_argument("--load", action="store_true", help="also load the checkpoint and report what was loaded")
+
+    sp = add("train-toy", cmd_train_toy, "train the offline toy suite (cached; --force to redo)")
+    sp.add_argument("--force", action="store_true", help="retrain even if a trained suite exists")
+    sp.add_argument("--models", nargs="*", help="subset of toy models to train")
+
+    for register in _EXTRA_COMMANDS:
+        register(add)
+    return p
+
+
+def _model_args(sp: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    sp.add_argument("--suite", required=True, help="pythia, toy or hf")
+    sp.add_argument("--model", required=True, help="model name within the suite (see `circuittrack suites`)")
+    sp.add_argument("--checkpoint", required=checkpoint_required, default=None,
+                    help="training step, or 'final'")
+    sp.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    sp.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+
+
+#: Functions ``register(add)`` that add further subcommands (tasks, eval, circuit) below.
+_EXTRA_COMMANDS: list[Callable] = [_register_task_commands]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as err:
+        print(f"circuittrack {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

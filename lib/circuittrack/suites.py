@@ -1,0 +1,203 @@
+"""Model suites: families of models that share a checkpoint schedule.
+
+A suite maps a name to models, each with its architecture numbers, its checkpoint steps and the tokens seen
+per step. Three suites exist:
+
+* ``pythia``: EleutherAI's Pythia (70m to 12b and the ``-deduped`` variants), 154 checkpoints, loaded from
+  the Hugging Face hub (revision ``step{N}``) through the local cache.
+* ``toy``: small GPT-NeoX models that this project trains offline (see :mod:`circuittrack.toy`).
+* ``hf``: any Hugging Face causal LM id with revisions the user names (``register_hf_model``).
+
+The named schedules the paper used (``all``, ``sparse``, ``late_start_all``, ``exp_plus_detail``) are here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PYTHIA_TOKENS_PER_STEP = 2_097_152  # 1024 sequences x 2048 tokens
+
+#: The 154 Pythia checkpoints: step 0, 1, 2, 4, ..., 512, then 1000..143000 every 1000.
+PYTHIA_STEPS: tuple[int, ...] = (0,) + tuple(2**i for i in range(10)) + tuple(range(1000, 143001, 1000))
+
+
+def _paper_schedules() -> dict[str, tuple[int, ...]]:
+    sparse = (
+        (256, 512)
+        + tuple(range(1000, 10000, 1000))
+        + tuple(range(10000, 50000, 5000))
+        + tuple(range(50000, 100000, 10000))
+        + (100000, 120000, 140000, 143000)
+    )
+    exp_plus_detail = (
+        tuple(2**i for i in range(10))
+        + tuple(range(1000, 15001, 1000))
+        + tuple(range(15000, 65001, 5000))  # 15000 appears twice in the paper's list; kept once here
+        + tuple(range(70000, 140001, 10000))
+    )
+    return {
+        "all": PYTHIA_STEPS,
+        "sparse": sparse,
+        "late_start_all": tuple(range(1000, 143001, 1000)),
+        "exp_plus_detail": tuple(sorted(set(exp_plus_detail))),
+        "ioi_algorithm": sparse[12:],  # Fig. 4 checks: 15000 .. 143000
+    }
+
+
+PAPER_SCHEDULES = _paper_schedules()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a suite: where its weights live and its shape."""
+
+    name: str
+    hf_id: str  # hub id, or a local directory name for the toy suite
+    n_params: int  # total parameters (embeddings included)
+    n_layers: int
+    n_heads: int
+    d_model: int
+    steps: tuple[int, ...]
+    tokens_per_step: int
+    d_mlp: int = 0
+    vocab_size: int = 0
+    context_length: int = 2048
+
+    @property
+    def final_step(self) -> int:
+        return self.steps[-1]
+
+    def resolve_step(self, step: int | str) -> int:
+        """A checkpoint step from an int, ``"final"`` / ``"main"`` or ``"step123"``; error lists choices."""
+        if isinstance(step, str):
+            s = step.strip().lower()
+            if s in ("final", "main", "last"):
+                return self.final_step
+            s = s.removeprefix("step")
+            if not s.isdigit():
+                raise ValueError(f"checkpoint {step!r} of {self.name} is not a step number or 'final'; "
+                                 f"valid steps: {_fmt_steps(self.steps)}")
+            step = int(s)
+        if step not in self.steps:
+            raise ValueError(f"{self.name} has no checkpoint at step {step}; valid steps: {_fmt_steps(self.steps)}"
+                             " (or 'final')")
+        return int(step)
+
+    def tokens(self, step: int) -> int:
+        return step * self.tokens_per_step
+
+    def revision(self, step: int) -> str:
+        return f"step{step}"
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "hf_id": self.hf_id, "n_params": self.n_params, "n_layers": self.n_layers,
+            "n_heads": self.n_heads, "d_model": self.d_model, "d_mlp": self.d_mlp, "vocab_size": self.vocab_size,
+            "n_checkpoints": len(self.steps), "first_step": self.steps[0], "final_step": self.final_step,
+            "tokens_per_step": self.tokens_per_step,
+        }
+
+
+@dataclass
+class Suite:
+    """A named family of models sharing a checkpoint schedule."""
+
+    name: str
+    description: str
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    schedules: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelSpec:
+        key = name.removeprefix("EleutherAI/") if self.name == "pythia" else name
+        if key not in self.models:
+            raise ValueError(f"suite {self.name!r} has no model {name!r}; valid models: {', '.join(self.models)}")
+        return self.models[key]
+
+    def schedule(self, name: str, model: str | None = None) -> tuple[int, ...]:
+        """Steps of a named schedule; ``all`` is every checkpoint of ``model`` (or of the suite)."""
+        if name == "all" and model is not None:
+            return self.model(model).steps
+        if name not in self.schedules:
+            raise ValueError(f"suite {self.name!r} has no schedule {name!r}; valid: {', '.join(self.schedules)}")
+        return self.schedules[name]
+
+
+def _fmt_steps(steps: tuple[int, ...]) -> str:
+    if len(steps) <= 16:
+        return ", ".join(map(str, steps))
+    return ", ".join(map(str, steps[:12])) + f", ... , {steps[-1]} ({len(steps)} in all)"
+
+
+# (layers, d_model, heads, total params) from the Pythia model cards.
+_PYTHIA_SHAPES = {
+    "70m": (6, 512, 8, 70_426_624),
+    "160m": (12, 768, 12, 162_322_944),
+    "410m": (24, 1024, 16, 405_334_016),
+    "1b": (16, 2048, 8, 1_011_781_632),
+    "1.4b": (24, 2048, 16, 1_414_647_808),
+    "2.8b": (32, 2560, 32, 2_775_208_960),
+    "6.9b": (32, 4096, 32, 6_857_302_016),
+    "12b": (36, 5120, 40, 11_846_072_320),
+}
+
+
+def _pythia_suite() -> Suite:
+    suite = Suite("pythia", "EleutherAI Pythia, 154 checkpoints each, from the Hugging Face hub",
+                  schedules=dict(PAPER_SCHEDULES))
+    for size, (layers, d, heads, params) in _PYTHIA_SHAPES.items():
+        for suffix in ("", "-deduped"):
+            name = f"pythia-{size}{suffix}"
+            suite.models[name] = ModelSpec(
+                name=name, hf_id=f"EleutherAI/{name}", n_params=params, n_layers=layers, n_heads=heads,
+                d_model=d, d_mlp=4 * d, vocab_size=50304, steps=PYTHIA_STEPS,
+                tokens_per_step=PYTHIA_TOKENS_PER_STEP)
+    return suite
+
+
+def _toy_suite() -> Suite:
+    from circuittrack.toy.config import TOY_MODELS, TOY_SCHEDULE, toy_model_spec
+
+    suite = Suite("toy", "Small GPT-NeoX models trained offline by this project (`circuittrack train-toy`)",
+                  schedules={"all": TOY_SCHEDULE})
+    for name in TOY_MODELS:
+        suite.models[name] = toy_model_spec(name)
+    return suite
+
+
+_HF_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_hf_model(hf_id: str, steps: list[int] | tuple[int, ...], *, n_layers: int = 0, n_heads: int = 0,
+                      d_model: int = 0, n_params: int = 0, tokens_per_step: int = 0) -> ModelSpec:
+    """Add a Hugging Face model with the training checkpoints (revisions ``step{N}``) the user names.
+
+    Use it for the Pythia seed and dropout variants (``EleutherAI/pythia-160m-weight-seed1``) or another
+    family's checkpoints. Shape numbers are optional (``circuittrack info`` reads them from the loaded config).
+    """
+    if not steps:
+        raise ValueError(f"register_hf_model({hf_id!r}) needs at least one checkpoint step")
+    spec = ModelSpec(name=hf_id, hf_id=hf_id, n_params=n_params, n_layers=n_layers, n_heads=n_heads,
+                     d_model=d_model, steps=tuple(sorted(set(int(s) for s in steps))),
+                     tokens_per_step=tokens_per_step)
+    _HF_MODELS[hf_id] = spec
+    return spec
+
+
+SUITE_NAMES = ("pythia", "toy", "hf")
+
+
+def get_suite(name: str) -> Suite:
+    """The suite called ``name``; an error lists the valid names."""
+    if name == "pythia":
+        return _pythia_suite()
+    if name == "toy":
+        return _toy_suite()
+    if name == "hf":
+        return Suite("hf", "Any Hugging Face causal LM with user-given revisions (register_hf_model)",
+                     models=dict(_HF_MODELS))
+    raise ValueError(f"unknown suite {name!r}; valid suites: {', '.join(SUITE_NAMES)}")
+
+
+def get_model(suite: str, model: str) -> ModelSpec:
+    """Shortcut for ``get_suite(suite).model(model)``."""
+    return get_suite(suite).model(model)

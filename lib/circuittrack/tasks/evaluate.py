@@ -1,0 +1,35 @@
+"""Evaluate a Hugging Face causal LM on :class:`TaskData`: mean metric and accuracy, batched, without grad."""
+
+from __future__ import annotations
+
+import torch
+
+from circuittrack.tasks.base import TaskData, answer_logits, metric_per_example
+
+
+@torch.no_grad()
+def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device | str | None = None) -> dict:
+    """``dict(metric=mean metric, accuracy=fraction with metric > 0, n=examples)`` on the clean prompts.
+
+    ``model(input_ids).logits`` must give [batch, P, V] next-token logits. Right padding needs no attention mask:
+    the causal model reads position ``answer_pos`` only from the real tokens before it. ``device`` defaults to
+    the device of the model's parameters.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except (AttributeError, StopIteration):
+            device = torch.device("cpu")
+    scores = []
+    for batch in data.batches(batch_size):
+        b = batch.to(device)
+        logits = model(b.clean).logits  # [b, P, V]
+        scores.append(metric_per_example(answer_logits(logits, b), b).float().cpu())  # [b]
+    per_example = torch.cat(scores)  # [n]
+    return {
+        "metric": float(per_example.mean()),
+        "accuracy": float((per_example > 0).float().mean()),
+        "n": int(per_example.numel()),
+    }

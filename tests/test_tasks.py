@@ -1,0 +1,401 @@
+"""Tests of the task definitions on a small byte-level BPE tokenizer with GPT-NeoX conventions."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from circuittrack.tasks import TASKS, Task, evaluate, get_task, list_tasks, metric, register
+from circuittrack.tasks import gendered_pronoun, greater_than, ioi, sva, wordlists as W
+from circuittrack.tasks.csv_task import CsvRow, write_rows
+
+EOS = "<|endoftext|>"
+
+
+def _train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE; digits pre-split in pairs (" 17", "50") so years split as [" XX", "YY"]."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r" ?\d\d"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
+
+
+def _corpus() -> list[str]:
+    lines = []
+    for i, name in enumerate(W.IOI_NAMES + W.GP_FEMALE_NAMES + W.GP_MALE_NAMES):
+        for t in W.IOI_BABA_TEMPLATES[:4]:
+            lines.append(t.replace("[A]", name).replace("[B]", "Tom").replace("[PLACE]", W.IOI_PLACES[i % 8])
+                         .replace("[OBJECT]", W.IOI_OBJECTS[i % 8]))
+    for t in W.IOI_BABA_TEMPLATES + W.IOI_ABBA_TEMPLATES:
+        for p, o in zip(W.IOI_PLACES, W.IOI_OBJECTS):
+            lines.append(t.replace("[A]", "Ann").replace("[B]", "Tom").replace("[PLACE]", p).replace("[OBJECT]", o))
+    for year in range(1000, 2000):
+        noun = W.GT_NOUNS[year % len(W.GT_NOUNS)]
+        lines.append(W.GT_TEMPLATE.format(noun=noun, xx=year // 100, yy=f"{year % 100:02d}") + "50")
+    lines += [f"{y:02d}" for y in range(100)] * 3
+    for name in W.GP_FEMALE_NAMES + W.GP_MALE_NAMES:
+        for frame in W.GP_FRAMES:
+            lines.append(W.GP_TEMPLATE.format(name=name, frame=frame) + " she? isn't he? her him")
+    for p in sva.candidate_pairs()[::7]:
+        lines.append(p.clean + " " + " ".join(W.SVA_SINGULAR_VERBS + W.SVA_PLURAL_VERBS))
+    return lines
+
+
+@pytest.fixture(scope="session")
+def tok() -> PreTrainedTokenizerFast:
+    return _train_tokenizer(_corpus(), vocab_size=3000)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok() -> PreTrainedTokenizerFast:
+    """A tokenizer whose vocabulary lacks nearly all names."""
+    return _train_tokenizer(["the year 1750 to the year 17"] + [f"{y:02d}" for y in range(100)], vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def datas(tok):
+    return {name: get_task(name).make(tok) for name in list_tasks() if name in ("ioi", "greater-than",
+                                                                              "gendered-pronoun", "sva")}
+
+
+def _decode(tok, ids) -> str:
+    return tok.decode([int(i) for i in ids])
+
+
+def _answers(tok, data, i, sign):
+    cols = (data.answer_sign[i] == sign).nonzero().flatten()
+    return [_decode(tok, [data.answer_tokens[c]]) for c in cols]
+
+
+# ---------------------------------------------------------------------------------------------- structure
+
+
+@pytest.mark.parametrize("name", ["ioi", "greater-than", "gendered-pronoun", "sva"])
+def test_shapes_text_and_padding(tok, datas, name):
+    task, data = get_task(name), datas[name]
+    assert len(data) == task.default_n and data.metric_kind == task.metric_kind and data.task == name
+    assert torch.equal(data.answer_pos, data.lengths - 1)
+    assert data.pad_id == tok.eos_token_id  # no pad token: eos pads
+    for i in range(len(data)):
+        L = int(data.lengths[i])
+        assert _decode(tok, data.clean[i, :L]) == data.clean_text[i]
+        assert _decode(tok, data.corrupted[i, :L]) == data.corrupted_text[i]
+        assert tok(data.clean_text[i], add_special_tokens=False)["input_ids"] == data.clean[i, :L].tolist()
+        assert tok(data.corrupted_text[i], add_special_tokens=False)["input_ids"] == data.corrupted[i, :L].tolist()
+        assert (data.clean[i, L:] == data.pad_id).all() and (data.corrupted[i, L:] == data.pad_id).all()
+        assert data.clean_text[i] != data.corrupted_text[i]
+
+
+def test_ioi_answers(tok, datas):
+    data = datas["ioi"]
+    names = set(W.IOI_NAMES)
+    templates = set()
+    for i in range(len(data)):
+        words = re.findall(r"[A-Za-z]+", data.clean_text[i])
+        mentioned = [w for w in words if w in names]
+        (right,), (wrong,) = _answers(tok, data, i, 1.0), _answers(tok, data, i, -1.0)
+        io, s = right[1:], wrong[1:]
+        assert right == " " + io and wrong == " " + s and io != s
+        assert mentioned.count(io) == 1 and mentioned.count(s) == 2 and len(mentioned) == 3
+        # corruption: S2 (the last name mention) becomes IO, nothing else changes
+        L = int(data.lengths[i])
+        diff = (data.clean[i, :L] != data.corrupted[i, :L]).nonzero().flatten().tolist()
+        assert len(diff) == 1
+        assert _decode(tok, [data.clean[i, diff[0]]]) == " " + s
+        assert _decode(tok, [data.corrupted[i, diff[0]]]) == " " + io
+        later = data.clean_text[i][len(_decode(tok, data.clean[i, : diff[0] + 1])):]
+        assert not any(w in names for w in re.findall(r"[A-Za-z]+", later))
+        templates.add("BABA" if mentioned[0] == s else "ABBA")
+        assert data.clean_text[i].endswith((" to", " said to"))
+    assert templates == {"ABBA", "BABA"}
+
+
+def test_greater_than_answers(tok, datas):
+    data = datas["greater-than"]
+    assert data.answer_tokens.numel() == 100
+    yys = []
+    for i in range(len(data)):
+        m = re.fullmatch(r"The (\w+) lasted from the year (\d\d)(\d\d) to the year (\d\d)", data.clean_text[i])
+        assert m and m.group(2) == m.group(4) and m.group(1) in W.GT_NOUNS
+        xx, yy = m.group(2), int(m.group(3))
+        assert 1100 <= int(xx + m.group(3)) < 1800 and 2 <= yy <= 98
+        assert data.corrupted_text[i] == data.clean_text[i].replace(f"year {xx}{yy:02d}", f"year {xx}01")
+        L = int(data.lengths[i])
+        assert _decode(tok, [data.clean[i, L - 1]]) == " " + xx
+        assert sorted(int(a) for a in _answers(tok, data, i, 1.0)) == list(range(yy + 1, 100))
+        assert sorted(int(a) for a in _answers(tok, data, i, -1.0)) == list(range(0, yy + 1))
+        yys.append(yy)
+    # balanced: YY cycles through the valid values in order
+    cycle = sorted({y % 100 for y in greater_than.valid_years(tok)})
+    assert yys == [cycle[i % len(cycle)] for i in range(len(yys))]
+
+
+def test_greater_than_valid_years(tok):
+    years = greater_than.valid_years(tok)
+    assert years and all(1100 <= y < 1800 for y in years)
+    for xx in range(11, 18):
+        got = [y for y in years if y // 100 == xx]
+        # this tokenizer splits every year as [" XX", "YY"]: drop the first (00) and last (99) of the century
+        assert got == list(range(xx * 100 + 2, xx * 100 + 99))
+        assert tok.convert_ids_to_tokens(tok(f" {xx}01", add_special_tokens=False)["input_ids"]) == [f"Ġ{xx}", "01"]
+
+
+def test_gendered_pronoun_answers(tok, datas):
+    data = datas["gendered-pronoun"]
+    seen = set()
+    for i in range(len(data)):
+        m = re.fullmatch(r"So (\w+) is (.+), isn't", data.clean_text[i])
+        name, frame = m.group(1), m.group(2)
+        m2 = re.fullmatch(r"So (\w+) is (.+), isn't", data.corrupted_text[i])
+        assert frame in W.GP_FRAMES and m2.group(2) == frame
+        female = name in W.GP_FEMALE_NAMES
+        assert (m2.group(1) in W.GP_MALE_NAMES) == female and (m2.group(1) in W.GP_FEMALE_NAMES) != female
+        assert _answers(tok, data, i, 1.0) == [" she" if female else " he"]
+        assert _answers(tok, data, i, -1.0) == [" he" if female else " she"]
+        seen.add((name, frame))
+    assert len(seen) == 100  # all 20 names x 5 frames, without repeats
+
+
+def _sva_number(clean_text: str, corrupted_text: str) -> str:
+    """The clean subject's number, from the one noun that flips between the clean and corrupted prompt."""
+    clean, corrupt = clean_text.split(), corrupted_text.split()
+    assert len(clean) == len(corrupt)
+    sg, pl = W.SVA_SINGULAR_NOUNS, W.SVA_PLURAL_NOUNS
+    flips = [(a, b) for a, b in zip(clean, corrupt) if a != b]
+    subj = [(a, b) for a, b in flips if (a in sg and b in pl) or (a in pl and b in sg)]
+    assert len(subj) == 1  # exactly the subject noun flips (plus verbs agreeing with it)
+    a, b = subj[0]
+    for x, y in flips:  # any other change is an agreeing verb of the same pair
+        if (x, y) != (a, b):
+            pairs = list(zip(W.SVA_TRANSITIVE_SINGULAR, W.SVA_TRANSITIVE_PLURAL)) + list(
+                zip(W.SVA_COORD_SINGULAR, W.SVA_COORD_PLURAL))
+            assert ((x, y) in pairs) == (a in sg) and ((y, x) in pairs) == (a in pl)
+    if a in sg:
+        assert sg.index(a) == pl.index(b)
+        return "singular"
+    assert pl.index(a) == sg.index(b)
+    return "plural"
+
+
+def test_sva_answers(tok, datas):
+    data = datas["sva"]
+    numbers, constructions = [], set()
+    for i in range(len(data)):
+        number = _sva_number(data.clean_text[i], data.corrupted_text[i])
+        right = {a.strip() for a in _answers(tok, data, i, 1.0)}
+        wrong = {a.strip() for a in _answers(tok, data, i, -1.0)}
+        agree, other = ((W.SVA_SINGULAR_VERBS, W.SVA_PLURAL_VERBS) if number == "singular"
+                        else (W.SVA_PLURAL_VERBS, W.SVA_SINGULAR_VERBS))
+        assert right == set(agree) and wrong == set(other)  # all verbs are single tokens here
+        numbers.append(number)
+        for c, tmpl in W.SVA_CONSTRUCTIONS.items():
+            pattern = re.escape(tmpl).replace(r"\{", "{").replace(r"\}", "}")
+            if re.fullmatch(re.sub(r"\{\w+\}", r"[a-z ]+", pattern), data.clean_text[i]):
+                constructions.add(c)
+    assert numbers == ["singular", "plural"] * (len(data) // 2)
+    assert constructions == set(W.SVA_CONSTRUCTIONS)
+    assert len(set(data.clean_text)) == len(data)  # no repeats
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_logit_diff_metric_matches_formula(tok, datas):
+    for name in ("ioi", "gendered-pronoun"):
+        data = datas[name]
+        g = torch.Generator().manual_seed(0)
+        logits = torch.randn(len(data), data.clean.shape[1], len(tok), generator=g)
+        got = metric(logits, data)
+        for i in range(len(data)):
+            pos = int(data.lengths[i]) - 1
+            right = tok.convert_tokens_to_ids(tok.tokenize(_answers(tok, data, i, 1.0)[0]))[0]
+            wrong = tok.convert_tokens_to_ids(tok.tokenize(_answers(tok, data, i, -1.0)[0]))[0]
+            assert torch.isclose(got[i], logits[i, pos, right] - logits[i, pos, wrong], atol=1e-5)
+
+
+def test_prob_diff_metric_matches_formula(tok, datas):
+    data = datas["greater-than"]
+    g = torch.Generator().manual_seed(1)
+    logits = 3 * torch.randn(len(data), data.clean.shape[1], len(tok), generator=g)
+    got = metric(logits, data)
+    year_ids = [tok(f"{y:02d}", add_special_tokens=False)["input_ids"][0] for y in range(100)]
+    for i in range(len(data)):
+        yy = int(data.clean_text[i].split("year ")[1][2:4])
+        p = torch.softmax(logits[i, int(data.lengths[i]) - 1], dim=-1)
+        want = sum(p[year_ids[y]] for y in range(yy + 1, 100)) - sum(p[year_ids[y]] for y in range(yy + 1))
+        assert torch.isclose(got[i], want, atol=1e-6)
+    data = datas["sva"]
+    logits = torch.randn(len(data), data.clean.shape[1], len(tok), generator=g)
+    got = metric(logits, data)
+    for i in range(len(data)):
+        p = torch.softmax(logits[i, int(data.lengths[i]) - 1], dim=-1)
+        ids = lambda verbs: [tok(" " + v, add_special_tokens=False)["input_ids"][0] for v in verbs]  # noqa: E731
+        sg = float(p[ids(W.SVA_SINGULAR_VERBS)].sum() - p[ids(W.SVA_PLURAL_VERBS)].sum())
+        singular = _sva_number(data.clean_text[i], data.corrupted_text[i]) == "singular"
+        assert abs(float(got[i]) - (sg if singular else -sg)) < 1e-6
+
+
+class _BigramLM(torch.nn.Module):
+    """logits[b, t] = table[input_ids[b, t]]: a stand-in causal LM with an HF-style ``.logits`` output."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(3)))
+
+    def forward(self, input_ids):
+        return type("Out", (), {"logits": self.table[input_ids]})()
+
+
+def test_evaluate_batched_equals_full(tok, datas):
+    model = _BigramLM(len(tok))
+    for name in ("ioi", "greater-than"):
+        data = datas[name]
+        with torch.no_grad():
+            full = metric(model(data.clean).logits, data)
+        for bs in (1, 7, 500):
+            out = evaluate(model, data, batch_size=bs)
+            assert out["n"] == len(data)
+            assert abs(out["metric"] - float(full.mean())) < 1e-5
+            assert out["accuracy"] == pytest.approx(float((full > 0).float().mean()))
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(model, datas["ioi"], batch_size=0)
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+
+
+@pytest.mark.parametrize("name", ["ioi", "greater-than", "gendered-pronoun", "sva"])
+def test_determinism_and_seeds(tok, name):
+    task = get_task(name)
+    a, b, c = task.make(tok, n=40, seed=5), task.make(tok, n=40, seed=5), task.make(tok, n=40, seed=6)
+    assert torch.equal(a.clean, b.clean) and torch.equal(a.corrupted, b.corrupted)
+    assert torch.equal(a.answer_sign, b.answer_sign) and a.clean_text == b.clean_text
+    assert a.clean_text != c.clean_text
+
+
+def test_default_sizes_and_capacity(tok):
+    assert get_task("ioi").default_n == 70 and get_task("ioi").default_seed == 42
+    assert get_task("greater-than").default_n == 200 and get_task("sva").default_n == 200
+    assert get_task("gendered-pronoun").default_n == 100
+    assert len(get_task("greater-than").make(tok, n=1000)) == 1000  # the behaviour-curve size
+    # every name of the test tokenizer is one token: the IOI count is a closed formula
+    k = len(W.IOI_NAMES)
+    assert len(ioi.valid_names(tok)) == k
+    want = sum(k * (k - 1) * (8 if "[PLACE]" in t else 1) * (8 if "[OBJECT]" in t else 1)
+               for t in ioi.MIXED_TEMPLATES)
+    assert get_task("ioi").capacity(tok) == want
+    assert get_task("gendered-pronoun").capacity(tok) == 100
+    assert get_task("greater-than").capacity(tok) == len(W.GT_NOUNS) * 7 * 97
+    assert get_task("sva").capacity(tok) == len(sva.valid_pairs(tok)) > 200
+    with pytest.raises(ValueError, match=r"gendered-pronoun: .*100 prompts; need n=101"):
+        get_task("gendered-pronoun").make(tok, n=101)
+    with pytest.raises(ValueError, match="greater-than: only"):
+        get_task("greater-than").make(tok, n=get_task("greater-than").capacity(tok) + 1)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        get_task("ioi2")
+    msg = str(err.value)
+    assert "ioi2" in msg and all(name in msg for name in ("ioi", "greater-than", "gendered-pronoun", "sva"))
+
+
+def test_too_few_names_message(tiny_tok):
+    k = len(ioi.valid_names(tiny_tok))
+    assert k < 2
+    with pytest.raises(ValueError, match=rf"ioi: only {k} of {len(W.IOI_NAMES)} names are single tokens with a "
+                                         r"leading space for this tokenizer; need at least 2 distinct names"):
+        get_task("ioi").make(tiny_tok)
+    with pytest.raises(ValueError, match=r"gendered-pronoun: (only \d+ of 20 names|the pronoun)"):
+        get_task("gendered-pronoun").make(tiny_tok)
+    assert get_task("ioi").capacity(tiny_tok) == 0 and get_task("gendered-pronoun").capacity(tiny_tok) == 0
+
+
+def test_bad_n():
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        get_task("ioi").make(None, n=0)
+
+
+# ---------------------------------------------------------------------------------------------- CSV tasks
+
+
+def test_from_csv_round_trip(tok, datas, tmp_path):
+    gp = datas["gendered-pronoun"]
+    rows = []
+    for i in range(len(gp)):
+        female = gp.clean_text[i].split()[1] in W.GP_FEMALE_NAMES
+        right, wrong = (" she", " he") if female else (" he", " she")
+        rows.append(CsvRow(gp.clean_text[i], gp.corrupted_text[i], (right,), (wrong,)))
+    rows.append(CsvRow("So Amy is a good cook, isn't", "So Jack is a good cook, isn't",
+                       (" she", " her"), (" he", " him")))  # several answers, '|'-separated on disk
+    path = tmp_path / "gp.csv"
+    write_rows(path, rows)
+    assert '" she| her"' in path.read_text()
+    task = Task.from_csv(path, name="gp-csv", metric_kind="logit_diff")
+    assert task.default_n == len(rows) and task.capacity(tok) == len(rows)
+    data = task.make(tok, seed=3)
+    assert sorted(data.clean_text) == sorted(r.clean for r in rows)
+    by_text = {r.clean: r for r in rows}
+    for i in range(len(data)):
+        r = by_text[data.clean_text[i]]
+        assert data.corrupted_text[i] == r.corrupted
+        assert sorted(_answers(tok, data, i, 1.0)) == sorted(r.correct)
+        assert sorted(_answers(tok, data, i, -1.0)) == sorted(r.incorrect)
+        L = int(data.lengths[i])
+        assert _decode(tok, data.clean[i, :L]) == r.clean
+    # the same prompts built by the gendered-pronoun task and read back from CSV score identically
+    sub = Task.from_csv(path, name="gp-csv", metric_kind="logit_diff").make(tok, n=len(rows) - 1, seed=0)
+    assert len(sub) == len(rows) - 1
+    register(task)
+    try:
+        assert get_task("gp-csv") is task and "gp-csv" in list_tasks()
+        with pytest.raises(ValueError, match="already registered"):
+            register(task)
+    finally:
+        TASKS.pop("gp-csv")
+
+
+def test_csv_errors(tok, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,corrupted,correct\nA,B,C\n")
+    with pytest.raises(ValueError, match=r"lacks the columns \['clean', 'incorrect'\]"):
+        Task.from_csv(bad, name="bad")
+    multi = tmp_path / "multi.csv"
+    write_rows(multi, [CsvRow("So Amy is such a good cook, isn't", "So Jack is such a good cook, isn't",
+                              (" shecook",), (" he",))])
+    with pytest.raises(ValueError, match="not a single token"):
+        Task.from_csv(multi, name="multi").make(tok)
+    with pytest.raises(ValueError, match="only 1 rows"):
+        Task.from_csv(multi, name="multi").make(tok, n=2)
+    with pytest.raises(ValueError, match="does not exist"):
+        Task.from_csv(tmp_path / "nope.csv", name="x")
+    with pytest.raises(ValueError, match="metric_kind"):
+        Task.from_csv(multi, name="x", metric_kind="kl")
+
+
+def test_evaluate_hf_model_padding_invariant(tok, datas):
+    """On a real (tiny, random) GPT-NeoX, right padding does not change the metric: batch 1 == batch 64."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    model = GPTNeoXForCausalLM(cfg).eval()
+    data = datas["sva"].slice(0, 40)  # lengths vary, so batches are padded
+    assert len(set(data.lengths.tolist())) > 1
+    one, many = evaluate(model, data, batch_size=1), evaluate(model, data, batch_size=64)
+    assert one["n"] == many["n"] == 40
+    assert abs(one["metric"] - many["metric"]) < 1e-5 and one["accuracy"] == many["accuracy"]

@@ -1,0 +1,107 @@
+"""The toy suite's corpus, tokenizer and trainer (a micro configuration trained inside the test)."""
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from circuittrack.tasks import get_task
+from circuittrack.tasks import wordlists as W
+from circuittrack.toy import corpus
+from circuittrack.toy.config import ToyShape
+from circuittrack.toy.train import TrainSettings, is_trained, train_suite
+
+MICRO = TrainSettings(steps=30, schedule=(0, 1, 2, 4, 8, 16, 30), batch_size=8, seq_len=32, vocab_size=700,
+                      lr=1e-2, warmup=2, heldout_seqs=8, tokenizer_chars=200_000)
+MICRO_SHAPES = {"micro-a": ToyShape(n_layers=1, d_model=16, n_heads=2), "micro-b": ToyShape(2, 16, 2)}
+
+
+@pytest.fixture(scope="module")
+def micro_suite(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    return d, train_suite(settings=MICRO, suite_dir=d, shapes=MICRO_SHAPES, progress=False)
+
+
+def test_corpus_is_seeded_and_mixes_every_family():
+    a = list(corpus.documents(3, 50))
+    assert a == list(corpus.documents(3, 50)) and a != list(corpus.documents(4, 50))
+    text = corpus.corpus_text(0, 200_000)
+    assert "lasted from the year" in text and "isn't she?" in text and "Monday Tuesday" in text.replace("\n", " ")
+    assert any(f" {n} gave a " in text for n in W.IOI_NAMES)
+
+
+def test_evaluation_prompts_are_held_out_from_training_text():
+    text = corpus.corpus_text(1234, 3_000_000)
+    for frame in W.GP_FRAMES:  # the five evaluation frames never occur in training
+        assert frame not in text
+    rng = random.Random(0)
+    # IOI / Greater-Than / SVA evaluation prompts (+ their answer) are unseen combinations
+    for name, maker in [("ioi", corpus._ioi), ("greater_than", corpus._greater_than)]:
+        fresh = [maker(rng) for _ in range(300)]
+        seen = sum(s in text for s in fresh)
+        assert seen <= 9, f"{name}: {seen}/300 random task sentences already occur in the training text"
+
+
+def test_toy_tokenizer_follows_gpt_neox_conventions(micro_suite):
+    from transformers import AutoTokenizer
+
+    d, _ = micro_suite
+    tok = AutoTokenizer.from_pretrained(str(d / "micro-a" / "step30"))
+    assert tok.convert_ids_to_tokens(0) == "<|endoftext|>" and tok.convert_ids_to_tokens(1) == "<|padding|>"
+    ids = tok(" The war lasted from the year 1352", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == " The war lasted from the year 1352"  # byte-level round trip
+    pieces = [tok.decode([i]) for i in ids]
+    assert pieces[0].startswith(" ") and " year" in pieces  # tokens carry their leading space
+    # digits are pre-split in pairs: a token boundary falls between "13" and "52", none inside a pair
+    bounds = {len("".join(pieces[:k])) for k in range(len(pieces) + 1)}
+    end = len(" The war lasted from the year 1352")
+    assert end - 2 in bounds and end - 5 in bounds  # " 13" | "52"
+
+
+def test_micro_training_saves_schedule_and_lowers_heldout_loss(micro_suite):
+    d, manifests = micro_suite
+    for name in MICRO_SHAPES:
+        assert sorted(p.name for p in (d / name).glob("step*")) == sorted(f"step{s}" for s in MICRO.schedule)
+        losses = {int(k): v for k, v in manifests[name]["heldout_loss"].items()}
+        assert losses[30] < losses[0] - 1.0
+        assert is_trained(d / name, MICRO)
+        assert not (d / f"{name}.partial").exists()
+
+
+def test_training_is_deterministic_and_cached(micro_suite, tmp_path):
+    d, _ = micro_suite
+    again = train_suite(["micro-b"], settings=MICRO, suite_dir=tmp_path, shapes=MICRO_SHAPES, progress=False)
+    w1 = load_file(str(d / "micro-b" / "step30" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "micro-b" / "step30" / "model.safetensors"))
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    # a second call reuses the trained model (same settings) instead of retraining
+    stamp = (tmp_path / "micro-b" / "manifest.json").stat().st_mtime_ns
+    train_suite(["micro-b"], settings=MICRO, suite_dir=tmp_path, shapes=MICRO_SHAPES, progress=False)
+    assert (tmp_path / "micro-b" / "manifest.json").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "micro-b" / "manifest.json").read_text())["complete"] is True
+    assert again["micro-b"]["heldout_loss"] == json.loads((d / "micro-b" / "manifest.json").read_text())["heldout_loss"]
+
+
+def test_unknown_toy_model_is_rejected_before_work(tmp_path):
+    with pytest.raises(ValueError, match="valid: micro-a, micro-b"):
+        train_suite(["nope"], settings=MICRO, suite_dir=tmp_path, shapes=MICRO_SHAPES, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_default_evaluation_prompts_never_occur_in_training(micro_suite):
+    from transformers import AutoTokenizer
+
+    from circuittrack.toy.corpus import Heldout
+    from circuittrack.toy.train import evaluation_prompts
+
+    d, _ = micro_suite
+    heldout = evaluation_prompts(AutoTokenizer.from_pretrained(str(d / "micro-a" / "step30")))
+    rng = random.Random(5)
+    ioi = [corpus._ioi(rng) for _ in range(20)]
+    forced = Heldout(Heldout.PROMPT_OF["ioi"](t) for t in ioi)
+    assert all(forced.excludes("ioi", t) for t in ioi)
+    stream = " ".join(corpus.documents(9, 300, heldout=forced))
+    assert not any(t in stream for t in ioi)
+    assert isinstance(len(heldout), int)
