@@ -56,10 +56,16 @@ class LoadedModel:
         return next(self.model.parameters()).dtype
 
     def transformer_lens(self):
-        """The same weights as a TransformerLens ``TransformerBridge``."""
+        """The same weights as a TransformerLens ``TransformerBridge``.
+
+        The bridge rewires the modules it wraps in place (eager attention, its own q/k/v weights), after which
+        hooks on the plain model no longer fire; so it wraps a copy and :attr:`model` stays usable.
+        """
+        import copy
+
         from circuittrack.backends import wrap_transformer_lens
 
-        return wrap_transformer_lens(self.model, self.tokenizer)
+        return wrap_transformer_lens(copy.deepcopy(self.model), self.tokenizer)
 
     def nnsight(self):
         """The same weights as an nnsight model."""

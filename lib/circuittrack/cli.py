@@ -150,6 +150,64 @@ def _register_task_commands(add: Callable) -> None:
     sp.add_argument("--batch-size", type=int, default=32)
 
 
+# ----- circuit ---------------------------------------------------------------------------------------------
+def cmd_circuit(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from circuittrack.checkpoints import load_checkpoint, resolve
+    from circuittrack.discovery import discover, validate
+    from circuittrack.tasks import get_task
+
+    spec, step = _checked(resolve, args.suite, args.model, args.checkpoint)
+    _checked(get_task, args.task)
+    _checked(validate, args.method, args.backend, args.ig_steps, args.dtype)
+    for flag, value in (("--scores-out", args.scores_out), ("--circuit-out", args.circuit_out)):
+        if value and Path(value).suffix not in (".csv", ".parquet", ".json"):
+            raise UsageError(f"{flag} must end in .csv, .parquet or .json, got {value!r}")
+    ckpt = load_checkpoint(args.suite, spec.name, step, device=args.device, dtype=args.dtype)
+    result = _checked(discover, args.suite, spec.name, step, args.task, method=args.method,
+                      ig_steps=args.ig_steps, backend=args.backend, n=args.n, seed=args.seed,
+                      batch_size=args.batch_size, threshold=args.threshold, max_size=args.max_size,
+                      progress=not args.json, loaded=ckpt)
+    payload = result.summary()
+    if args.scores_out:
+        payload["scores_out"] = str(result.circuit.write_scores(args.scores_out))
+    if args.circuit_out:
+        payload["circuit_out"] = str(result.circuit.save(args.circuit_out))
+
+    def text(p: dict) -> str:
+        return "\n".join([
+            f"{p['task']} circuit of {p['model']} step {p['checkpoint']} ({p['method']}, {p['backend']}, "
+            f"{p['n_examples']} examples)",
+            f"  total edges            {p['total_edges']:,}",
+            f"  circuit at {p['threshold']:.0%}          {p['circuit_edges']:,} edges, {p['circuit_nodes']} nodes"
+            + ("" if p["reached"] else "  (threshold NOT reached)"),
+            f"  faithfulness reached   {p['faithfulness']:.3f}",
+            f"  full / empty metric    {p['full_metric']:.4f} / {p['empty_metric']:.4f}",
+            f"  seconds                scoring {p['score_seconds']:.2f}, size search {p['search_seconds']:.2f} "
+            f"({p['n_evaluate_calls']} batched evaluations)",
+        ] + [f"  wrote {p[k]}" for k in ("scores_out", "circuit_out") if k in p])
+
+    _emit(args, payload, text)
+
+
+def _register_circuit_command(add: Callable) -> None:
+    sp = add("circuit", cmd_circuit, "find the smallest circuit reaching 80% faithfulness")
+    _model_args(sp)
+    sp.add_argument("--task", required=True, help="task name (see `circuittrack tasks`)")
+    sp.add_argument("--method", default="eap-ig-inputs", help="eap, eap-ig-inputs, eap-ig-activations, "
+                    "clean-corrupted or exact")
+    sp.add_argument("--ig-steps", type=int, default=30, help="integrated-gradient steps (the paper: 30)")
+    sp.add_argument("--backend", default="transformer_lens", help="transformer_lens, nnsight or torch")
+    sp.add_argument("--n", type=int, default=None, help="number of examples (default: the task's)")
+    sp.add_argument("--seed", type=int, default=None, help="dataset seed (default: the task's)")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--threshold", type=float, default=0.8, help="faithfulness the circuit must reach")
+    sp.add_argument("--max-size", type=int, default=None, help="cap on greedy size (the paper: 1600)")
+    sp.add_argument("--scores-out", default=None, help="write every edge's score (.csv or .parquet)")
+    sp.add_argument("--circuit-out", default=None, help="save the circuit (.json, .csv or .parquet)")
+
+
 # ----- parser ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="circuittrack", description=__doc__.splitlines()[0])
@@ -186,7 +244,7 @@ def _model_args(sp: argparse.ArgumentParser, checkpoint_required: bool = True) -
 
 
 #: Functions ``register(add)`` that add further subcommands (tasks, eval, circuit) below.
-_EXTRA_COMMANDS: list[Callable] = [_register_task_commands]
+_EXTRA_COMMANDS: list[Callable] = [_register_task_commands, _register_circuit_command]
 
 
 def main(argv: list[str] | None = None) -> int:

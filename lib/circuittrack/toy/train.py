@@ -43,6 +43,7 @@ class TrainSettings:
     vocab_size: int = C.TOY_VOCAB_SIZE
     lr: float = 3e-3
     warmup: int = 50
+    min_lr_frac: float = 0.1  # cosine decay from lr to min_lr_frac * lr
     weight_decay: float = 0.1
     seed: int = C.TOY_SEED
     heldout_seqs: int = 64
@@ -133,11 +134,12 @@ def _lr_at(step: int, settings: TrainSettings) -> float:
     if step < settings.warmup:
         return settings.lr * (step + 1) / settings.warmup
     frac = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-    return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    floor = settings.min_lr_frac
+    return settings.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSettings, out_dir: Path,
-                progress: bool = True) -> dict:
+                progress: bool = True, position: int = 0) -> dict:
     """Train one size and save every checkpoint of the schedule into ``out_dir``; returns its manifest."""
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a half-written model from an interrupted run
@@ -162,7 +164,8 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
         save_tokenizer(data.tokenizer, d)
         losses[step] = heldout_loss(model, data.heldout)
 
-    bar = tqdm(total=settings.steps, desc=f"train {name}", disable=not progress, unit="step", leave=True)
+    bar = tqdm(total=settings.steps, desc=f"train {name}", disable=not progress, unit="step", leave=True,
+               position=position)
     if 0 in schedule:
         save(0)
     for step in range(settings.steps):
@@ -238,11 +241,11 @@ def _cost(shape: C.ToyShape, vocab: int) -> int:
 
 
 def _train_group(group: list[str], shapes, data: ToyData, settings: TrainSettings, suite_dir: Path,
-                 progress: bool) -> dict[str, dict]:
+                 progress: bool, position: int = 0) -> dict[str, dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # deterministic whatever the worker count (and the fastest for models this small)
     try:
-        return {n: train_model(n, shapes[n], data, settings, suite_dir / n, progress=progress) for n in group}
+        return {n: train_model(n, shapes[n], data, settings, suite_dir / n, progress, position) for n in group}
     finally:
         torch.set_num_threads(threads)
 
@@ -265,7 +268,8 @@ def _train_parallel(todo: list[str], shapes, data: ToyData, settings: TrainSetti
     out: dict[str, dict] = {}
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_train_group, g, shapes, data, settings, suite_dir, progress) for g in groups]
+        futures = [pool.submit(_train_group, g, shapes, data, settings, suite_dir, progress, i)
+                   for i, g in enumerate(groups)]
         for f in futures:
             out.update(f.result())
     return out

@@ -1,0 +1,338 @@
+"""Edge attribution: EAP, EAP-IG (inputs / activations), clean-corrupted and exact patching.
+
+Score of edge u -> v (all methods)::
+
+    s(u->v) = sum over examples and positions of < a_u(corrupted) - a_u(clean) , mean over passes of dL/d(in_v) >
+
+with L = -(1/n) sum_examples metric (``tasks.base.metric_per_example`` at the answer position), so every
+example carries 1/n. ``exact`` is the brute-force reference that first-order methods approximate:
+s(u->v) = L(clean run with only u->v carrying u's corrupted value) - L(clean run).
+
+Passes per method (m = ``ig_steps``; points given as the fraction t of the way from clean to corrupted):
+
+* ``eap``: gradient at the clean input (t = 0); 1 no-grad forward + 1 forward/backward per batch.
+* ``eap-ig-inputs`` (the paper's method): the token embeddings (the ``input`` node) are interpolated, the rest
+  of the model recomputes; t = k/m for k = 1..m. This is exactly the paper's fork (clean + (k/m)(corrupt -
+  clean), k = 1..m) and, as a set of points, also upstream EAP-IG's (corrupt + (k/m)(clean - corrupt),
+  k = 0..m-1): both include the corrupted endpoint and exclude the clean one. The k = m pass runs the
+  corrupted tokens themselves, so a batch costs 1 no-grad forward + m forward/backward passes.
+* ``eap-ig-activations``: for each source *group* (the input, each layer's attention, each MLP), that group's
+  outputs are interpolated corrupt + (k/m)(clean - corrupt), k = 1..m (upstream EAP-IG's points, including
+  the clean endpoint), and edges *out of that group* are scored with the gradients of those m passes; the
+  backward stops at the interpolated group. (Upstream EAP-IG instead scores every edge in every pass and
+  divides by (2L+1)m, mixing the interpolations of unrelated layers; we follow the per-layer IG definition.)
+  Cost: 2 no-grad forwards + (2L+1) m partial forward/backward passes per batch.
+* ``clean-corrupted``: mean of the gradients at t = 0 and t = 1 (1 no-grad forward + 2 forward/backward).
+* ``exact``: every edge patched for real; batches of single-edge circuits run in one forward (see
+  :mod:`circuittrack.evaluation`). Cost ~ (E / edge_batch) forwards per example batch; small models only.
+
+How the kernel stays at one edge contraction per batch and no H-fold copies
+--------------------------------------------------------------------------
+Head h's t-input (t in q, k, v) at layer l is its own copy x_h of the residual x, fed through its own copy of
+the LayerNorm. So dL/dx_h = LNback(x, gy) with gy = dq_h @ W_h (dq_h: gradient w.r.t. head h's slice of the
+projection output, W_h [dh, d]) and, with x_hat = (x - mu) * r (r = 1/sigma) and LN weight gamma::
+
+    LNback(x, gy) = r * (gamma*gy - mean_d(gamma*gy) - x_hat * mean_d(gamma*gy*x_hat))
+
+AD (the activation difference, [B, P, n_src, d]) is the same in every pass, so summed over passes k::
+
+    sum_k AD . LNback_k = AD . (gamma * (D_h @ W_h))          D = sum_k r_k dq_k          [B, P, 3, H, dh]
+                        - sum_d(AD) * (D_h . (W_h gamma)) / d
+                        - sum_k (AD . x_hat_k) c_k             c_k = r_k (dq_k . u_k) / d  [B, P, 3, H]
+
+where u_k = W_h (gamma * x_hat_k) = projection output - b_h - W_h beta (read from the forward pass). The
+first two terms need only the compact accumulator D; the third needs AD . x_hat_k per pass, computed for all
+layers at once as one batched matmul over AD (one read of AD per pass, no H-fold tensor). At the end of the
+batch, per layer, gamma * (D_h @ W_h) is formed transiently ([B, P, H, d] per q/k/v) and contracted with AD
+once. MLP and logits destinations have a single input: their gradients (through an identity node on the MLP
+LayerNorm input; the final LayerNorm input) are summed over passes and contracted once. Parameters are frozen
+during attribution, and logits are computed only at the answer positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .backends import get_runner
+from .backends.base import Hooks, Runner, merge_hooks
+from .graph import Graph
+from .patching import answer_metric, check_batch_size, check_inputs, device_batches, f32, source_hooks
+from .tasks.base import TaskData
+
+METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact")
+
+
+def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-inputs", ig_steps: int = 30,
+              batch_size: int = 32, backend: str = "transformer_lens", device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None, progress: bool = True, edge_batch: int | None = None) -> Tensor:
+    """Edge scores [n_src, n_dst] (float32, CPU; zero where ``graph.edge_mask`` is False).
+
+    ``model``: a HF causal LM, a ``TransformerBridge``, an nnsight model or a
+    :class:`~circuittrack.backends.base.Runner`; ``backend`` picks the runner for the first three.
+    ``device``/``dtype`` move/cast the model in place first (see :func:`circuittrack.backends.get_runner`).
+    ``graph=None`` uses the model's own graph. ``ig_steps`` (m) is used by the two IG methods only.
+    ``edge_batch``: single-edge circuits per forward (``exact``; see :func:`circuittrack.evaluation.exact_scores`).
+
+    Memory per batch: one forward/backward's activations (parameters frozen, answer-position logits only)
+    plus 4 * B * P * d * (n_src + 4 L + 1) bytes of float32 state (AD and the gradient accumulators).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if not isinstance(ig_steps, int) or ig_steps < 1:
+        raise ValueError(f"ig_steps must be a positive int, got {ig_steps!r}")
+    check_batch_size(batch_size)
+    runner = get_runner(backend, model, device=device, dtype=dtype)
+    graph = check_inputs(runner, graph, data)
+    if method == "exact":
+        from .evaluation import exact_scores
+
+        return exact_scores(runner, graph, data, batch_size=batch_size, edge_batch=edge_batch, progress=progress)
+
+    n = len(data)
+    dev = runner.device
+    scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
+    n_batches = math.ceil(n / batch_size)
+    bar = _progress(progress, n_batches, f"{method} ({runner.backend})")
+    with runner.frozen():
+        for batch in device_batches(data, batch_size, dev):
+            _BATCH_METHODS[method](runner, graph, batch, n, ig_steps, scores)
+            bar.update(1)
+    bar.close()
+    return (scores * graph.edge_mask.to(dev)).cpu()
+
+
+# ----- per-batch methods ------------------------------------------------------------------------------
+
+def _eap(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
+    acc = _EdgeGrads(runner, graph, batch)
+    with torch.no_grad():
+        runner.forward(batch.corrupted, source_hooks(runner, graph, acc.AD, +1.0, "bpsd"), batch.answer_pos)
+    acc.grad_pass(batch, batch.clean, n, record_sign=-1.0)
+    acc.contract(scores, scale=1.0)
+
+
+def _ig_inputs(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
+    acc = _EdgeGrads(runner, graph, batch)
+    emb: dict[str, Tensor] = {}
+
+    def keep(name):
+        def fn(x: Tensor) -> None:
+            emb[name] = x.detach()
+        return fn
+
+    with torch.no_grad():
+        runner.forward(batch.clean, merge_hooks(source_hooks(runner, graph, acc.AD, -1.0, "bpsd"),
+                                                Hooks(resid0=keep("clean"))), batch.answer_pos)
+    # t = 1: the corrupted tokens themselves (also records the corrupted sources, completing AD)
+    acc.grad_pass(batch, batch.corrupted, n, record_sign=+1.0, extra=Hooks(resid0=keep("corrupted")))
+    e_clean = f32(emb["clean"])
+    diff = f32(emb["corrupted"]) - e_clean
+    for k in range(1, m):
+        point = (e_clean + (k / m) * diff).to(emb["clean"].dtype)
+        acc.grad_pass(batch, batch.clean, n, replace_resid0=point)
+    acc.contract(scores, scale=1.0 / m)
+
+
+def _clean_corrupted(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
+    acc = _EdgeGrads(runner, graph, batch)
+    with torch.no_grad():
+        runner.forward(batch.clean, source_hooks(runner, graph, acc.AD, -1.0, "bpsd"), batch.answer_pos)
+    acc.grad_pass(batch, batch.corrupted, n, record_sign=+1.0)
+    acc.grad_pass(batch, batch.clean, n)
+    acc.contract(scores, scale=0.5)
+
+
+def _ig_activations(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
+    a = runner.arch
+    acc = _EdgeGrads(runner, graph, batch)
+    acts: dict[str, dict] = {"clean": {}, "corrupted": {}}
+
+    def keep(store: dict) -> Hooks:
+        return Hooks(resid0=lambda x: store.__setitem__("input", x.detach()),
+                     z=lambda l, x: store.__setitem__(("attn", l), x.detach()),
+                     mlp_out=lambda l, x: store.__setitem__(("mlp", l), x.detach()))
+
+    with torch.no_grad():
+        for name, ids, sign in (("clean", batch.clean, -1.0), ("corrupted", batch.corrupted, +1.0)):
+            runner.forward(ids, merge_hooks(source_hooks(runner, graph, acc.AD, sign, "bpsd"), keep(acts[name])),
+                           batch.answer_pos)
+    H = a.n_heads
+    groups = [("input", (0, 1))]
+    for l in range(a.n_layers):
+        groups += [(("attn", l), (graph.src_head(l, 0), graph.src_head(l, 0) + H)),
+                   (("mlp", l), (graph.src_mlp(l), graph.src_mlp(l) + 1))]
+    for key, rows in groups:
+        clean, corr = f32(acts["clean"][key]), f32(acts["corrupted"][key])
+        acc.reset()
+        for k in range(1, m + 1):
+            point = (corr + (k / m) * (clean - corr)).to(acts["clean"][key].dtype).requires_grad_()
+            if key == "input":
+                site = Hooks(resid0=lambda x, p=point: p)
+            elif key[0] == "attn":
+                site = Hooks(z=lambda l, x, p=point, g=key[1]: p if l == g else None)
+            else:
+                site = Hooks(mlp_out=lambda l, x, p=point, g=key[1]: p if l == g else None)
+            acc.grad_pass(batch, batch.clean, n, extra=site, leaf=point)
+        acc.contract(scores, scale=1.0 / m, rows=rows)
+
+
+_BATCH_METHODS = {"eap": _eap, "eap-ig-inputs": _ig_inputs, "clean-corrupted": _clean_corrupted,
+                  "eap-ig-activations": _ig_activations}
+
+
+# ----- the accumulator --------------------------------------------------------------------------------
+
+class _EdgeGrads:
+    """AD of one batch plus the compact sums over passes of the destination-input gradients (module doc)."""
+
+    def __init__(self, runner: Runner, graph: Graph, batch: TaskData):
+        a = runner.arch
+        self.runner, self.graph, self.arch = runner, graph, a
+        B, P = batch.clean.shape
+        L, H, dh, d = a.n_layers, a.n_heads, a.d_head, a.d_model
+        self.B, self.P = B, P
+        dev = runner.device
+        f = dict(dtype=torch.float32, device=dev)
+        self.AD = torch.zeros(B, P, graph.n_src, d, **f)
+        self.D = torch.zeros(L, 3, B, P, H, dh, **f)
+        self.Gm = torch.zeros(L, B, P, d, **f)
+        self.Gf = torch.zeros(B, P, d, **f)
+        self.T3 = torch.zeros(L, graph.n_src, 3 * H, **f)
+        # u = projection output - const, const = b + W @ beta (per layer, [3, H, dh])
+        self.const = []
+        for l in range(L):
+            W, b = a.qkv_params(l)
+            beta = a.ln1(l)[1]
+            self.const.append(f32(b) + torch.einsum("thed,d->the", f32(W), f32(beta)))
+        self._new_pass()
+
+    def reset(self) -> None:
+        for t in (self.D, self.Gm, self.Gf, self.T3):
+            t.zero_()
+        self._new_pass()
+
+    def _new_pass(self) -> None:
+        a = self.arch
+        self.xs: list[Tensor | None] = [None] * a.n_layers
+        self.mu: list[Tensor | None] = [None] * a.n_layers
+        self.r: list[Tensor | None] = [None] * a.n_layers
+        self.us: list[list[Tensor | None]] = [[None] * 3 for _ in range(a.n_layers)]
+        self.c = torch.zeros(a.n_layers, self.B, self.P, 3, a.n_heads, dtype=torch.float32, device=self.AD.device)
+
+    # -- hooks of a gradient pass
+    def hooks(self) -> Hooks:
+        return Hooks(attn_in=self._attn_in, qkv=self._qkv, qkv_grad=self._qkv_grad,
+                     mlp_in_grad=self._mlp_in_grad, final_in_grad=self._final_in_grad)
+
+    def _attn_in(self, l: int, x: Tensor) -> None:
+        x = x.detach()
+        eps = self.arch.ln1(l)[2]
+        x32 = f32(x)
+        var, mu = torch.var_mean(x32, dim=-1, unbiased=False)
+        self.xs[l], self.mu[l], self.r[l] = x, mu, torch.rsqrt(var + eps)
+
+    def _qkv(self, l: int, t: int, out: Tensor) -> None:
+        self.us[l][t] = out.detach()
+
+    def _qkv_grad(self, l: int, t: int, g: Tensor) -> None:
+        g = f32(g)
+        r = self.r[l][..., None, None]  # [B, P, 1, 1]
+        self.D[l, t].add_(g * r)
+        u = f32(self.us[l][t]) - self.const[l][t]
+        self.c[l, :, :, t] = (g * u).sum(-1) * (self.r[l][..., None] / self.arch.d_model)
+
+    def _mlp_in_grad(self, l: int, g: Tensor) -> None:
+        self.Gm[l].add_(g)
+
+    def _final_in_grad(self, g: Tensor) -> None:
+        self.Gf.add_(g)
+
+    # -- one forward/backward pass
+    def grad_pass(self, batch: TaskData, ids: Tensor, n: int, record_sign: float | None = None,
+                  replace_resid0: Tensor | None = None, extra: Hooks | None = None, leaf: Tensor | None = None) -> None:
+        """Forward ``ids`` (optionally with the residual entering layer 0 replaced), backprop L, accumulate."""
+        hooks = [self.hooks()]
+        if record_sign is not None:
+            hooks.insert(0, source_hooks(self.runner, self.graph, self.AD, record_sign, "bpsd"))
+        if extra is not None:
+            hooks.append(extra)
+        leaves: list[Tensor] = [] if leaf is None else [leaf]
+        if leaf is None:
+            def make_leaf(x: Tensor) -> Tensor:
+                y = (x if replace_resid0 is None else replace_resid0).detach().requires_grad_()
+                leaves.append(y)
+                return y
+
+            hooks.append(Hooks(resid0=make_leaf))
+        with torch.enable_grad():
+            logits = self.runner.forward(ids, merge_hooks(*hooks), batch.answer_pos)
+            loss = -answer_metric(logits, batch).sum() / n
+            torch.autograd.grad(loss, leaves)
+        self._end_pass()
+
+    def _end_pass(self) -> None:
+        """Third LayerNorm term of this pass: T3[l] += (AD . x_hat_l)^T c_l, all layers in one AD read."""
+        a = self.arch
+        B, P, d, L = self.B, self.P, a.d_model, a.n_layers
+        with torch.no_grad():
+            live = [l for l in range(L) if self.xs[l] is not None]
+            if live:
+                xh = torch.stack([(f32(self.xs[l]) - self.mu[l][..., None]) * self.r[l][..., None] for l in live])
+                xh = xh.permute(1, 2, 3, 0).reshape(B * P, d, len(live))  # [BP, d, L']
+                adx = torch.bmm(self.AD.view(B * P, -1, d), xh)  # [BP, n_src, L']
+                c = self.c[live].view(len(live), B * P, -1)  # [L', BP, 3H]
+                self.T3[live] += torch.bmm(adx.permute(2, 1, 0), c)
+        self._new_pass()
+
+    # -- the contraction, once per batch
+    def contract(self, scores: Tensor, scale: float, rows: tuple[int, int] | None = None) -> None:
+        """scores[rows] += scale * the summed edge scores of this batch (only source rows in ``rows``)."""
+        a, g = self.arch, self.graph
+        B, P, d, H = self.B, self.P, a.d_model, a.n_heads
+        BP = B * P
+        r0, r1 = rows if rows is not None else (0, g.n_src)
+        with torch.no_grad():
+            AD = self.AD.view(BP, -1, d)
+            sum_ad = AD.sum(-1)  # [BP, n_src]
+            for l in range(a.n_layers):
+                W, _ = a.qkv_params(l)
+                gamma = f32(a.ln1(l)[0])
+                hi = min(g.n_src_before_layer(l), r1)
+                if hi > r0:
+                    block = torch.empty(hi - r0, 3, H, dtype=torch.float32, device=AD.device)
+                    for t in range(3):
+                        Wt = f32(W[t])  # [H, dh, d]
+                        G = torch.einsum("bphe,hed->bphd", self.D[l, t], Wt) * gamma  # [B, P, H, d]
+                        s1 = torch.bmm(AD[:, r0:hi], G.view(BP, H, d).transpose(1, 2)).sum(0)  # [rows, H]
+                        a2 = torch.einsum("bphe,he->bph", self.D[l, t], Wt @ gamma).view(BP, H) / d
+                        s2 = sum_ad[:, r0:hi].T @ a2
+                        block[:, t] = s1 - s2 - self.T3[l, r0:hi, t * H:(t + 1) * H]
+                    c0 = g.dst_head(l, 0, "q")
+                    scores[r0:hi, c0:c0 + 3 * H] += scale * block.view(hi - r0, 3 * H)
+                hi = min(g.n_src_into_mlp(l), r1)
+                if hi > r0:
+                    s = torch.bmm(AD[:, r0:hi], self.Gm[l].view(BP, d, 1)).sum(0)[:, 0]
+                    scores[r0:hi, g.dst_mlp(l)] += scale * s
+            s = torch.bmm(AD[:, r0:r1], self.Gf.view(BP, d, 1)).sum(0)[:, 0]
+            scores[r0:r1, g.dst_logits] += scale * s
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        enabled = False
+    if not enabled:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+class _NoBar:
+    def update(self, k: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

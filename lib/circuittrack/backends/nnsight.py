@@ -1,0 +1,111 @@
+"""Runner on nnsight 0.8: the sites are read and assigned inside ``model.trace``, in module execution order.
+
+Values inside a trace are real tensors, so gradient callbacks are plain ``Tensor.register_hook`` calls on
+tensors that the trace puts back into the model.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import Tensor, nn
+
+from .arch import get_arch, get_path, is_wrapped_by_transformer_lens
+from .base import Hooks, Runner, attach_grad, branch_with_grad
+
+
+def wrap_nnsight(hf_model: nn.Module, tokenizer=None):
+    """The nnsight object for a HF model: ``TransformersModel`` when a tokenizer is given, else ``NNsight``.
+
+    Neither modifies ``hf_model``.
+    """
+    import nnsight
+
+    if tokenizer is None:
+        return nnsight.NNsight(hf_model)
+    from nnsight.modeling.transformers import TransformersModel
+
+    return TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")
+
+
+class NNsightRunner(Runner):
+    """Interventions written as nnsight trace code over a plain ``nnsight.NNsight`` around the HF model."""
+
+    backend = "nnsight"
+
+    def __init__(self, model):
+        import nnsight
+
+        hf = model._module if type(model).__module__.startswith("nnsight") else model
+        if not isinstance(hf, nn.Module):
+            raise TypeError(f"NNsightRunner needs a HF model or an nnsight model, got {type(model).__name__}")
+        if is_wrapped_by_transformer_lens(hf):
+            raise ValueError("this model was wrapped in place by a TransformerLens bridge; build the nnsight runner "
+                             "on an unwrapped copy (copy.deepcopy before wrap_transformer_lens)")
+        super().__init__(get_arch(hf), hf)
+        # A plain NNsight passes token ids straight to the model (no tokenizer-side padding or masks).
+        self.nn = nnsight.NNsight(hf)
+
+    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None) -> Tensor:
+        h = hooks or Hooks()
+        a = self.arch
+        kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
+        with self.nn.trace(input_ids, use_cache=False, **kw):
+            layers = get_path(self.nn, a.layers_path)
+            if h.resid0 is not None:
+                new = h.resid0(layers[0].input)
+                if new is not None:
+                    layers[0].input = new
+            for l in range(a.n_layers):
+                layer = layers[l]
+                if h.attn_in is not None:
+                    h.attn_in(l, get_path(layer, a.ln1_path).input)
+                if h.qkv is not None or h.qkv_grad is not None:
+                    mod = get_path(layer, a.qkv_path)
+                    out = mod.output
+                    new = out
+                    if h.qkv is not None:
+                        parts = a.split_qkv(out)
+                        repl = [h.qkv(l, t, p) for t, p in enumerate(parts)]
+                        if any(r is not None for r in repl):
+                            new = a.merge_qkv(*(p if r is None else r for p, r in zip(parts, repl)))
+                    if h.qkv_grad is not None:
+                        new = attach_grad(new, partial(_split_grad, a, h.qkv_grad, l))
+                    if new is not out or h.qkv_grad is not None:
+                        mod.output = new
+                if h.z is not None:
+                    mod = get_path(layer, a.o_path)
+                    x = mod.input
+                    new = h.z(l, x.view(*x.shape[:-1], a.n_heads, a.d_head))
+                    if new is not None:
+                        mod.input = new.flatten(-2)
+                if h.mlp_in is not None or h.mlp_in_grad is not None:
+                    mod = get_path(layer, a.ln2_path)
+                    x = mod.input
+                    new = h.mlp_in(l, x) if h.mlp_in is not None else None
+                    y = x if new is None else new
+                    if h.mlp_in_grad is not None:
+                        y = branch_with_grad(y, partial(h.mlp_in_grad, l))
+                    if y is not x:
+                        mod.input = y
+                if h.mlp_out is not None:
+                    mod = get_path(layer, a.mlp_path)
+                    new = h.mlp_out(l, mod.output)
+                    if new is not None:
+                        mod.output = new
+            if h.final_in is not None or h.final_in_grad is not None:
+                mod = get_path(self.nn, a.final_ln_path)
+                x = mod.input
+                new = h.final_in(x) if h.final_in is not None else None
+                y = x if new is None else new
+                if h.final_in_grad is not None:
+                    y = branch_with_grad(y, h.final_in_grad)
+                if y is not x:
+                    mod.input = y
+            logits = self.nn.output.logits.save()
+        return logits if positions is None else logits[:, 0]
+
+
+def _split_grad(arch, fn, layer: int, grad: Tensor) -> None:
+    for t, g in enumerate(arch.split_qkv(grad)):
+        fn(layer, t, g)

@@ -1,0 +1,100 @@
+"""Runner on plain PyTorch module hooks: no interpretability library in between (the fastest path)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import Tensor, nn
+
+from .arch import get_arch, get_path, is_wrapped_by_transformer_lens
+from .base import Hooks, Runner, attach_grad, branch_with_grad
+
+
+class TorchRunner(Runner):
+    """Forward/pre-forward hooks registered on the HF modules for one pass and removed afterwards."""
+
+    backend = "torch"
+
+    def __init__(self, model: nn.Module):
+        if is_wrapped_by_transformer_lens(model):
+            raise ValueError("this model was wrapped in place by a TransformerLens bridge; build the torch/nnsight "
+                             "runner on an unwrapped copy (copy.deepcopy before wrap_transformer_lens)")
+        super().__init__(get_arch(model), model)
+        a = self.arch
+        self._layers = list(get_path(model, a.layers_path))
+        self._final_ln = get_path(model, a.final_ln_path)
+
+    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None) -> Tensor:
+        h = hooks or Hooks()
+        a = self.arch
+        handles = []
+
+        def pre(module, fn):
+            handles.append(module.register_forward_pre_hook(fn))
+
+        def post(module, fn):
+            handles.append(module.register_forward_hook(fn))
+
+        def first_arg(args, new):
+            return None if new is None else (new, *args[1:])
+
+        try:
+            if h.resid0 is not None:
+                pre(self._layers[0], lambda m, args: first_arg(args, h.resid0(args[0])))
+            for l, layer in enumerate(self._layers):
+                if h.attn_in is not None:
+                    pre(get_path(layer, a.ln1_path), partial(self._attn_in, h, l))
+                if h.qkv is not None or h.qkv_grad is not None:
+                    post(get_path(layer, a.qkv_path), partial(self._qkv, h, l))
+                if h.z is not None:
+                    pre(get_path(layer, a.o_path), partial(self._z, h, l))
+                if h.mlp_in is not None or h.mlp_in_grad is not None:
+                    pre(get_path(layer, a.ln2_path), partial(self._mlp_in, h, l))
+                if h.mlp_out is not None:
+                    post(get_path(layer, a.mlp_path), lambda m, args, out, l=l: h.mlp_out(l, out))
+            if h.final_in is not None or h.final_in_grad is not None:
+                pre(self._final_ln, partial(self._final_in, h))
+            kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
+            logits = self.module(input_ids=input_ids, use_cache=False, **kw).logits
+        finally:
+            for hd in handles:
+                hd.remove()
+        return logits if positions is None else logits[:, 0]
+
+    @staticmethod
+    def _attn_in(h: Hooks, l: int, module, args):
+        h.attn_in(l, args[0])
+
+    def _qkv(self, h: Hooks, l: int, module, args, out: Tensor):
+        a = self.arch
+        if h.qkv is not None:
+            parts = a.split_qkv(out)
+            new = [h.qkv(l, t, p) for t, p in enumerate(parts)]
+            if any(n is not None for n in new):
+                out = a.merge_qkv(*(p if n is None else n for p, n in zip(parts, new)))
+        if h.qkv_grad is not None:
+            out = attach_grad(out, lambda g: [h.qkv_grad(l, t, gt) for t, gt in enumerate(a.split_qkv(g))])
+        return out
+
+    def _z(self, h: Hooks, l: int, module, args):
+        x = args[0]
+        new = h.z(l, x.view(*x.shape[:-1], self.arch.n_heads, self.arch.d_head))
+        return None if new is None else (new.flatten(-2), *args[1:])
+
+    @staticmethod
+    def _mlp_in(h: Hooks, l: int, module, args):
+        x = args[0]
+        new = h.mlp_in(l, x) if h.mlp_in is not None else None
+        y = x if new is None else new
+        if h.mlp_in_grad is not None:
+            y = branch_with_grad(y, partial(h.mlp_in_grad, l))
+        return None if y is x else (y, *args[1:])
+
+    @staticmethod
+    def _final_in(h: Hooks, module, args):
+        x = args[0]
+        new = h.final_in(x) if h.final_in is not None else None
+        y = x if new is None else new
+        if h.final_in_grad is not None:
+            y = branch_with_grad(y, h.final_in_grad)
+        return None if y is x else (y, *args[1:])

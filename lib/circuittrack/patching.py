@@ -1,0 +1,109 @@
+"""Shared pieces of the attribution and evaluation kernels: input checks, source recording, metric batches.
+
+A *source* is a node that writes into the residual stream (graph rows): ``input`` (the residual entering
+layer 0, i.e. the token embeddings), each head ``a{l}.h{h}`` (its output ``z_h @ W_O[:, h].T``, without the
+shared output bias, which cancels in every difference) and each MLP ``m{l}`` (its output).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .backends.base import Hooks, Runner
+from .graph import Graph
+from .tasks.base import TaskData, metric_per_example
+
+
+def check_inputs(runner: Runner, graph: Graph | None, data: TaskData) -> Graph:
+    """The graph to use (``graph`` or the model's), after checking that model, graph and data fit together."""
+    a = runner.arch
+    own = a.graph()
+    if graph is None:
+        graph = own
+    else:
+        shape = (graph.n_layers, graph.n_heads, graph.parallel_attn_mlp)
+        want = (own.n_layers, own.n_heads, own.parallel_attn_mlp)
+        if shape != want:
+            raise ValueError(f"graph has (layers, heads, parallel) = {shape} but the model has {want}; "
+                             "use Graph.from_config(model.config)")
+    if not isinstance(data, TaskData):
+        raise TypeError(f"data must be a circuittrack.tasks.base.TaskData, got {type(data).__name__}")
+    n, P = data.clean.shape
+    if n == 0:
+        raise ValueError(f"{data.task}: no examples")
+    vocab = int(a.model.config.vocab_size)
+    for name in ("clean", "corrupted"):
+        t = getattr(data, name)
+        if int(t.min()) < 0 or int(t.max()) >= vocab:
+            raise ValueError(f"{data.task}: {name} token ids must lie in [0, {vocab}) for this model")
+    if int(data.answer_pos.min()) < 0 or int(data.answer_pos.max()) >= P:
+        raise ValueError(f"{data.task}: answer_pos must lie in [0, {P})")
+    if int(data.answer_tokens.max()) >= vocab:
+        raise ValueError(f"{data.task}: answer tokens must be < vocab size {vocab}")
+    return graph
+
+
+def check_batch_size(batch_size: int) -> int:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def device_batches(data: TaskData, batch_size: int, device: torch.device):
+    """Consecutive example batches, moved to ``device``."""
+    for b in data.batches(batch_size):
+        yield b.to(device)
+
+
+def repeat_data(data: TaskData, k: int) -> TaskData:
+    """The batch repeated ``k`` times along examples (circuit-major), for metrics of K circuits at once."""
+    if k == 1:
+        return data
+    rep = {name: (v.repeat(k, *([1] * (v.dim() - 1))) if isinstance(v, Tensor) and name != "answer_tokens" else v)
+           for name, v in data.__dict__.items()}
+    rep["clean_text"] = rep["corrupted_text"] = ()
+    return TaskData(**rep)
+
+
+def answer_metric(logits: Tensor, data: TaskData) -> Tensor:
+    """Per-example metric [n] (float32) from answer-position logits [n, V]."""
+    return metric_per_example(logits, data)
+
+
+def f32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype != torch.float32 else t
+
+
+def source_hooks(runner: Runner, graph: Graph, buf: Tensor, sign: float, layout: str) -> Hooks:
+    """Hooks adding ``sign`` x each source output (float32) into ``buf``.
+
+    ``layout`` "bpsd": buf is [B, P, n_src, d] (attribution); "sbpd": buf is [n_src, B, P, d] (evaluation).
+    """
+    a = runner.arch
+    H = a.n_heads
+    if layout not in ("bpsd", "sbpd"):
+        raise ValueError(layout)
+
+    def write(s0: int, val: Tensor) -> None:  # val [B, P, r, d]
+        r = val.shape[2]
+        if layout == "bpsd":
+            buf[:, :, s0:s0 + r].add_(val, alpha=sign)
+        else:
+            buf[s0:s0 + r].add_(val.permute(2, 0, 1, 3), alpha=sign)
+
+    def resid0(x: Tensor) -> None:
+        write(0, f32(x.detach()).unsqueeze(2))
+
+    def z(l: int, zv: Tensor) -> None:
+        write(graph.src_head(l, 0), head_outputs(a, l, zv.detach()))
+
+    def mlp_out(l: int, y: Tensor) -> None:
+        write(graph.src_mlp(l), f32(y.detach()).unsqueeze(2))
+
+    return Hooks(resid0=resid0, z=z, mlp_out=mlp_out)
+
+
+def head_outputs(arch, layer: int, z: Tensor) -> Tensor:
+    """Per-head residual writes [B, P, H, d] (float32) from z [B, P, H, dh]."""
+    return torch.einsum("bphe,dhe->bphd", f32(z), f32(arch.o_weight(layer)))
