@@ -54,10 +54,15 @@ book: notebooks
 	@$(VENV)/bin/jupyter-book build . --path-output . -q
 	@echo "==> open _build/html/index.html"
 
-## bench: speed and memory benchmarks (prints a table, writes benchmarks/out/*.json)
-bench: venv
+## bench: EAP-IG speed and memory on the largest toy model and a random Pythia-160m shape (DEVICE=cuda on a GPU)
+DEVICE ?= cpu
+bench: toy
 	@mkdir -p benchmarks/out
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --out benchmarks/out/attribution.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) \
+	  --model-path "$$($(PY) -c 'from circuittrack.checkpoints import toy_checkpoint_dir as d; print(d("toy-l", "final"))')" --batch-size 32 --seq-len 24 --n-examples 64 \
+	  --out benchmarks/out/attribution-toy-l-$(DEVICE).json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) \
+	  --out benchmarks/out/attribution-pythia160m-$(DEVICE).json
 
 clean-book:
 	rm -rf _build book/executed

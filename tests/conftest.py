@@ -75,7 +75,7 @@ def make_task(vocab: int = VOCAB, n: int = 6, P: int = 7, kind: str = "logit_dif
                     answer_pos=lengths - 1, answer_tokens=torch.tensor([5, 9]), answer_sign=sign)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True, scope="session")
 def single_thread():
     """Tiny models run fastest (and without OpenMP contention on a shared 2-core box) on one thread."""
     old = torch.get_num_threads()

@@ -239,7 +239,6 @@ from circuittrack.backends import get_runner  # noqa: E402
 from circuittrack.evaluation import evaluate_circuits, run_metric  # noqa: E402
 from conftest import make_neox, make_task  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -12,7 +12,6 @@ from circuittrack.backends.base import merge_hooks
 from conftest import make_neox
 from test_attribution import _get, _parts
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_pythia_160m_shaped_logits_equal_hf():

@@ -35,6 +35,16 @@ def test_info_accepts_final(capsys):
     (["info", "--suite", "pythia", "--model", "pythia-9m"], "valid models:"),
     (["info", "--suite", "toy", "--model", "toy-s", "--checkpoint", "3"], "valid steps: 0, 1, 2, 4"),
     (["train-toy", "--models", "toy-xl"], "valid: toy-s, toy-m, toy-l"),
+    (["eval", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "nope"],
+     "valid tasks: gendered-pronoun, greater-than, ioi, sva"),
+    (["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "ioi",
+      "--method", "acdc"], "valid methods: eap, eap-ig-inputs"),
+    (["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "ioi",
+      "--backend", "jax"], "valid backends: transformer_lens, nnsight, torch"),
+    (["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "ioi",
+      "--scores-out", "scores.txt"], "must end in .csv, .parquet or .json"),
+    (["circuit", "--suite", "pythia", "--model", "pythia-70m", "--checkpoint", "7", "--task", "ioi"],
+     "valid steps"),
 ])
 def test_bad_input_exits_2_listing_choices(capsys, tmp_path, monkeypatch, argv, needle):
     monkeypatch.setenv("CIRCUITTRACK_DATA", str(tmp_path))

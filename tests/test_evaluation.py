@@ -15,7 +15,6 @@ from circuittrack.tasks.base import metric
 from conftest import make_task
 from test_attribution import _get, _parts, head_weights
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def literal_patched_metric(model, graph: Graph, data, circuit: torch.Tensor) -> torch.Tensor:

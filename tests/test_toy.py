@@ -66,7 +66,8 @@ def test_micro_training_saves_schedule_and_lowers_heldout_loss(micro_suite):
         assert sorted(p.name for p in (d / name).glob("step*")) == sorted(f"step{s}" for s in MICRO.schedule)
         losses = {int(k): v for k, v in manifests[name]["heldout_loss"].items()}
         assert losses[30] < losses[0] - 1.0
-        assert is_trained(d / name, MICRO)
+        assert is_trained(d / name, MICRO, MICRO_SHAPES[name])
+        assert not is_trained(d / name, MICRO, ToyShape(3, 16, 2))  # another shape is not this model
         assert not (d / f"{name}.partial").exists()
 
 

@@ -104,7 +104,9 @@ def hub_offline() -> bool:
     return not (result and result[0])
 
 
-def toy_checkpoint_dir(model: str, step: int, suite_dir: Path | None = None) -> Path:
+def toy_checkpoint_dir(model: str, step: int | str, suite_dir: Path | None = None) -> Path:
+    """Directory of a toy checkpoint (``step`` may be ``"final"``)."""
+    step = get_suite("toy").model(model).resolve_step(step)
     return Path(suite_dir or paths.toy_suite_dir()) / model / f"step{step}"
 
 

@@ -115,6 +115,19 @@ def attach_grad(x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
     return x
 
 
+def intervene_qkv(arch: ArchAdapter, h: Hooks, layer: int, out: Tensor) -> Tensor:
+    """Apply ``h.qkv`` (per q/k/v, each [B, P, H, dh]) and ``h.qkv_grad`` to a fused projection output;
+    returns ``out`` itself when nothing was replaced."""
+    if h.qkv is not None:
+        parts = arch.split_qkv(out)
+        new = [h.qkv(layer, t, p) for t, p in enumerate(parts)]
+        if any(n is not None for n in new):
+            out = arch.merge_qkv(*(p if n is None else n for p, n in zip(parts, new)))
+    if h.qkv_grad is not None:
+        out = attach_grad(out, lambda g: [h.qkv_grad(layer, t, gt) for t, gt in enumerate(arch.split_qkv(g))])
+    return out
+
+
 def branch_with_grad(x: Tensor, fn: Callable[[Tensor], None] | None) -> Tensor:
     """An identity node on ``x`` whose gradient is that of its own consumers only (e.g. just the MLP)."""
     if fn is None or not x.requires_grad:

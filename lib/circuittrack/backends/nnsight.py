@@ -11,7 +11,7 @@ from functools import partial
 from torch import Tensor, nn
 
 from .arch import get_arch, get_path, is_wrapped_by_transformer_lens
-from .base import Hooks, Runner, attach_grad, branch_with_grad
+from .base import Hooks, Runner, branch_with_grad, intervene_qkv
 
 
 def wrap_nnsight(hf_model: nn.Module, tokenizer=None):
@@ -63,15 +63,8 @@ class NNsightRunner(Runner):
                 if h.qkv is not None or h.qkv_grad is not None:
                     mod = get_path(layer, a.qkv_path)
                     out = mod.output
-                    new = out
-                    if h.qkv is not None:
-                        parts = a.split_qkv(out)
-                        repl = [h.qkv(l, t, p) for t, p in enumerate(parts)]
-                        if any(r is not None for r in repl):
-                            new = a.merge_qkv(*(p if r is None else r for p, r in zip(parts, repl)))
-                    if h.qkv_grad is not None:
-                        new = attach_grad(new, partial(_split_grad, a, h.qkv_grad, l))
-                    if new is not out or h.qkv_grad is not None:
+                    new = intervene_qkv(a, h, l, out)
+                    if new is not out:
                         mod.output = new
                 if h.z is not None:
                     mod = get_path(layer, a.o_path)
@@ -104,8 +97,3 @@ class NNsightRunner(Runner):
                     mod.input = y
             logits = self.nn.output.logits.save()
         return logits if positions is None else logits[:, 0]
-
-
-def _split_grad(arch, fn, layer: int, grad: Tensor) -> None:
-    for t, g in enumerate(arch.split_qkv(grad)):
-        fn(layer, t, g)

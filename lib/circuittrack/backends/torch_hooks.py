@@ -7,7 +7,7 @@ from functools import partial
 from torch import Tensor, nn
 
 from .arch import get_arch, get_path, is_wrapped_by_transformer_lens
-from .base import Hooks, Runner, attach_grad, branch_with_grad
+from .base import Hooks, Runner, branch_with_grad, intervene_qkv
 
 
 class TorchRunner(Runner):
@@ -66,15 +66,7 @@ class TorchRunner(Runner):
         h.attn_in(l, args[0])
 
     def _qkv(self, h: Hooks, l: int, module, args, out: Tensor):
-        a = self.arch
-        if h.qkv is not None:
-            parts = a.split_qkv(out)
-            new = [h.qkv(l, t, p) for t, p in enumerate(parts)]
-            if any(n is not None for n in new):
-                out = a.merge_qkv(*(p if n is None else n for p, n in zip(parts, new)))
-        if h.qkv_grad is not None:
-            out = attach_grad(out, lambda g: [h.qkv_grad(l, t, gt) for t, gt in enumerate(a.split_qkv(g))])
-        return out
+        return intervene_qkv(self.arch, h, l, out)
 
     def _z(self, h: Hooks, l: int, module, args):
         x = args[0]

@@ -20,6 +20,7 @@ class ToyShape:
     n_layers: int
     d_model: int
     n_heads: int
+    lr: float = 3e-3  # peak learning rate; smaller models take larger rates, as in Pythia
 
     @property
     def d_mlp(self) -> int:
@@ -37,9 +38,9 @@ class ToyShape:
 
 #: Three sizes spanning ~8x in non-embedding parameters (the spec's 2x64 .. 4x128), d_head 16 throughout.
 TOY_MODELS: dict[str, ToyShape] = {
-    "toy-s": ToyShape(n_layers=2, d_model=64, n_heads=4),
-    "toy-m": ToyShape(n_layers=3, d_model=96, n_heads=6),
-    "toy-l": ToyShape(n_layers=4, d_model=128, n_heads=8),
+    "toy-s": ToyShape(n_layers=2, d_model=64, n_heads=4, lr=5e-3),
+    "toy-m": ToyShape(n_layers=3, d_model=96, n_heads=6, lr=4e-3),
+    "toy-l": ToyShape(n_layers=4, d_model=128, n_heads=8, lr=3e-3),
 }
 
 

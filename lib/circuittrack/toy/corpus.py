@@ -58,8 +58,8 @@ SPAN_WORDS = sorted(set(FILLER_SUBJECTS + FILLER_ADJECTIVES + FILLER_VERBS + FIL
 
 #: Mixture weights of the document families.
 FAMILY_WEIGHTS = {
-    "ioi": 0.50, "greater_than": 0.12, "pronoun": 0.08, "sva": 0.12,
-    "repeat": 0.08, "ordinal": 0.05, "filler": 0.05,
+    "ioi": 0.60, "greater_than": 0.096, "pronoun": 0.072, "sva": 0.096,
+    "repeat": 0.056, "ordinal": 0.04, "filler": 0.04,
 }
 
 

@@ -41,7 +41,7 @@ class TrainSettings:
     batch_size: int = C.TOY_BATCH_SIZE
     seq_len: int = C.TOY_SEQ_LEN
     vocab_size: int = C.TOY_VOCAB_SIZE
-    lr: float = 3e-3
+    lr: float | None = None  # peak learning rate for every size; None: each shape's own (ToyShape.lr)
     warmup: int = 50
     min_lr_frac: float = 0.1  # cosine decay from lr to min_lr_frac * lr
     weight_decay: float = 0.1
@@ -130,12 +130,13 @@ def heldout_loss(model: GPTNeoXForCausalLM, heldout: torch.Tensor) -> float:
     return loss
 
 
-def _lr_at(step: int, settings: TrainSettings) -> float:
+def _lr_at(step: int, peak: float, settings: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_frac * peak``."""
     if step < settings.warmup:
-        return settings.lr * (step + 1) / settings.warmup
+        return peak * (step + 1) / settings.warmup
     frac = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
     floor = settings.min_lr_frac
-    return settings.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSettings, out_dir: Path,
@@ -150,8 +151,9 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
     model = build_model(shape, settings.vocab_size, settings.rotary_pct, seed=settings.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    peak = settings.lr if settings.lr is not None else shape.lr
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.95))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=peak, betas=(0.9, 0.95))
     schedule = set(settings.schedule)
     losses: dict[int, float] = {}
     t0 = time.time()
@@ -170,7 +172,7 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
         save(0)
     for step in range(settings.steps):
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, settings)
+            group["lr"] = _lr_at(step, peak, settings)
         batch = data.train[step]
         loss = model(batch, labels=batch).loss
         loss.backward()
@@ -194,14 +196,15 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
     return manifest
 
 
-def is_trained(out_dir: Path, settings: TrainSettings) -> bool:
-    """True if ``out_dir`` holds a complete model trained with exactly these settings."""
+def is_trained(out_dir: Path, settings: TrainSettings, shape: C.ToyShape | None = None) -> bool:
+    """True if ``out_dir`` holds a complete model trained with exactly these settings (and shape)."""
     f = out_dir / MANIFEST
     if not f.exists():
         return False
     m = json.loads(f.read_text())
     want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
-    return m.get("complete") is True and m.get("settings") == want
+    same_shape = shape is None or m.get("shape") == asdict(shape)
+    return m.get("complete") is True and m.get("settings") == want and same_shape
 
 
 def train_suite(models: Iterable[str] | None = None, *, force: bool = False, settings: TrainSettings | None = None,
@@ -218,7 +221,7 @@ def train_suite(models: Iterable[str] | None = None, *, force: bool = False, set
     unknown = [n for n in names if n not in shapes]
     if unknown:
         raise ValueError(f"unknown toy model(s) {unknown}; valid: {', '.join(shapes)}")
-    todo = [n for n in names if force or not is_trained(suite_dir / n, settings)]
+    todo = [n for n in names if force or not is_trained(suite_dir / n, settings, shapes[n])]
     manifests = {n: json.loads((suite_dir / n / MANIFEST).read_text()) for n in names if n not in todo}
     for n in manifests:
         if progress:
