@@ -51,3 +51,11 @@ def test_bad_input_exits_2_listing_choices(capsys, tmp_path, monkeypatch, argv, 
     code, out, err = run(capsys, *argv)
     assert code == 2 and needle in err and out == ""
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_checkpoint_is_one_clear_message(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    code, out, err = run(capsys, "info", "--suite", "pythia", "--model", "pythia-70m", "--checkpoint", "512", "--load")
+    assert code == 1 and "Traceback" not in err
+    assert "EleutherAI/pythia-70m at revision step512" in err and "hf download" in err

@@ -73,3 +73,12 @@ def test_hf_suite_takes_user_revisions():
     assert get_suite("hf").model("EleutherAI/pythia-160m-weight-seed1").final_step == 143000
     with pytest.raises(ValueError, match="at least one checkpoint"):
         register_hf_model("x/y", [])
+
+
+def test_hf_suite_accepts_any_hub_id_with_a_step():
+    spec = get_suite("hf").model("EleutherAI/pythia-160m-alldropout")
+    assert spec.resolve_step(4000) == 4000 and spec.revision(4000) == "step4000"
+    with pytest.raises(ValueError, match="no registered checkpoints"):
+        spec.resolve_step("final")
+    with pytest.raises(ValueError, match="valid models"):
+        get_suite("hf").model("not-a-hub-id")

@@ -18,14 +18,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from circuittrack import paths
+from circuittrack.errors import CheckpointUnavailable
 from circuittrack.suites import ModelSpec, get_suite
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-class CheckpointUnavailable(RuntimeError):
-    """A checkpoint is neither on disk nor reachable; the message says how to get it."""
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -12,7 +12,10 @@ import json
 import sys
 from collections.abc import Callable
 
+from circuittrack.errors import CheckpointUnavailable
+
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 1
 
 
 class UsageError(Exception):
@@ -73,11 +76,17 @@ def cmd_info(args: argparse.Namespace) -> None:
                                                 dtype=args.dtype).describe()
 
     def text(p: dict) -> str:
-        lines = [f"{p['name']} ({p['suite']} suite, {p['hf_id']})",
-                 f"  parameters {p['n_params']:,}; {p['n_layers']} layers x {p['n_heads']} heads; "
-                 f"d_model {p['d_model']}; d_mlp {p['d_mlp']}; vocabulary {p['vocab_size']}",
-                 f"  {p['n_checkpoints']} checkpoints, steps {p['first_step']}..{p['final_step']}, "
-                 f"{p['tokens_per_step']:,} tokens per step"]
+        lines = [f"{p['name']} ({p['suite']} suite, {p['hf_id']})"]
+        if p["n_layers"]:
+            lines.append(f"  parameters {p['n_params']:,}; {p['n_layers']} layers x {p['n_heads']} heads; "
+                         f"d_model {p['d_model']}; d_mlp {p['d_mlp']}; vocabulary {p['vocab_size']}")
+        else:
+            lines.append("  shape unknown until the checkpoint is loaded (add --load)")
+        if p["n_checkpoints"]:
+            lines.append(f"  {p['n_checkpoints']} checkpoints, steps {p['first_step']}..{p['final_step']}, "
+                         f"{p['tokens_per_step']:,} tokens per step")
+        else:
+            lines.append("  checkpoints: any revision step{N} the hub has")
         if "checkpoint" in p:
             lines.append(f"  checkpoint step {p['checkpoint']}: {p['tokens_seen']:,} tokens seen")
         if "loaded" in p:
@@ -255,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"circuittrack {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except CheckpointUnavailable as err:
+        print(f"circuittrack {args.command}: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     return 0
 
 

@@ -65,19 +65,26 @@ class ModelSpec:
 
     @property
     def final_step(self) -> int:
-        return self.steps[-1]
+        return self.steps[-1] if self.steps else -1
 
     def resolve_step(self, step: int | str) -> int:
         """A checkpoint step from an int, ``"final"`` / ``"main"`` or ``"step123"``; error lists choices."""
         if isinstance(step, str):
             s = step.strip().lower()
             if s in ("final", "main", "last"):
+                if not self.steps:
+                    raise ValueError(f"{self.name} has no registered checkpoints; pass a step number "
+                                     "(revision step{N}) or register them with register_hf_model")
                 return self.final_step
             s = s.removeprefix("step")
             if not s.isdigit():
                 raise ValueError(f"checkpoint {step!r} of {self.name} is not a step number or 'final'; "
                                  f"valid steps: {_fmt_steps(self.steps)}")
             step = int(s)
+        if not self.steps:  # an unregistered hf model: any step{N} revision may exist
+            if step < 0:
+                raise ValueError(f"checkpoint step must be >= 0, got {step}")
+            return int(step)
         if step not in self.steps:
             raise ValueError(f"{self.name} has no checkpoint at step {step}; valid steps: {_fmt_steps(self.steps)}"
                              " (or 'final')")
@@ -93,7 +100,8 @@ class ModelSpec:
         return {
             "name": self.name, "hf_id": self.hf_id, "n_params": self.n_params, "n_layers": self.n_layers,
             "n_heads": self.n_heads, "d_model": self.d_model, "d_mlp": self.d_mlp, "vocab_size": self.vocab_size,
-            "n_checkpoints": len(self.steps), "first_step": self.steps[0], "final_step": self.final_step,
+            "n_checkpoints": len(self.steps), "first_step": self.steps[0] if self.steps else None,
+            "final_step": self.final_step if self.steps else None,
             "tokens_per_step": self.tokens_per_step,
         }
 
@@ -109,6 +117,10 @@ class Suite:
 
     def model(self, name: str) -> ModelSpec:
         key = name.removeprefix("EleutherAI/") if self.name == "pythia" else name
+        if key not in self.models and self.name == "hf" and "/" in key:
+            pythia_like = key.startswith("EleutherAI/pythia-")  # seed / dropout variants share Pythia's batches
+            return ModelSpec(name=key, hf_id=key, n_params=0, n_layers=0, n_heads=0, d_model=0, steps=(),
+                             tokens_per_step=PYTHIA_TOKENS_PER_STEP if pythia_like else 0)
         if key not in self.models:
             raise ValueError(f"suite {self.name!r} has no model {name!r}; valid models: {', '.join(self.models)}")
         return self.models[key]
