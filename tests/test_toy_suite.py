@@ -92,3 +92,37 @@ def test_final_ioi_circuit_is_a_small_fraction_of_the_graph(toy_manifests, model
     assert s["reached"] and s["faithfulness"] >= 0.8
     assert s["circuit_edges"] <= 0.25 * s["total_edges"], s
     assert s["full_metric"] > 1.0 and s["empty_metric"] < 0.5 * s["full_metric"]
+
+
+@pytest.mark.parametrize("task", ["ioi", "sva"])
+def test_size_search_matches_an_exhaustive_sweep_on_a_real_model(toy_manifests, task):
+    from circuittrack.attribution import attribute
+    from circuittrack.circuit_size import exhaustive_circuit_size, find_circuit_size
+    from circuittrack.evaluation import evaluate_circuits
+    from circuittrack.graph import Graph
+
+    ckpt = load_checkpoint("toy", "toy-s", "final")
+    data = get_task(task).make(ckpt.tokenizer, n=24)
+    graph = Graph.from_config(ckpt.model.config)
+    scores = attribute(ckpt.model, graph, data, method="eap-ig-inputs", ig_steps=5, backend="torch", progress=False)
+
+    def evaluate(masks):
+        return evaluate_circuits(ckpt.model, graph, data, masks, batch_size=24, circuit_batch=16, backend="torch")
+
+    found = find_circuit_size(graph, scores, evaluate, k=16)
+    size, reached, curve = exhaustive_circuit_size(graph, scores, evaluate, k=16)
+    assert (found.size, found.reached) == (size, reached) and reached
+    assert found.n_evaluate_calls < curve.n_evaluate_calls
+
+
+def test_default_evaluation_prompts_are_kept_out_of_the_training_stream(toy_manifests):
+    from circuittrack.toy.config import TOY_SEED
+    from circuittrack.toy.corpus import documents
+    from circuittrack.toy.train import evaluation_prompts
+
+    tok = load_checkpoint("toy", "toy-s", 0).tokenizer
+    heldout = evaluation_prompts(tok)
+    ioi = get_task("ioi").make(tok)
+    assert set(ioi.clean_text) <= heldout.prompts and len(heldout) >= 70 + 200 + 100 + 200
+    stream = "".join(documents(TOY_SEED, 3000, heldout=heldout))  # the start of the real training stream
+    assert not any(f"{p} " in stream for p in ioi.clean_text)
