@@ -178,7 +178,7 @@ def cmd_circuit(args: argparse.Namespace) -> None:
                       ig_steps=args.ig_steps, backend=args.backend, n=args.n, seed=args.seed,
                       batch_size=args.batch_size, threshold=args.threshold, max_size=args.max_size,
                       progress=not args.json, loaded=ckpt)
-    payload = result.summary()
+    payload = {**result.summary(), "nodes": result.circuit.nodes}
     if args.scores_out:
         payload["scores_out"] = str(result.circuit.write_scores(args.scores_out))
     if args.circuit_out:
@@ -189,7 +189,8 @@ def cmd_circuit(args: argparse.Namespace) -> None:
             f"{p['task']} circuit of {p['model']} step {p['checkpoint']} ({p['method']}, {p['backend']}, "
             f"{p['n_examples']} examples)",
             f"  total edges            {p['total_edges']:,}",
-            f"  circuit at {p['threshold']:.0%}          {p['circuit_edges']:,} edges, {p['circuit_nodes']} nodes"
+            f"  {'circuit at ' + format(p['threshold'], '.0%'):<23}{p['circuit_edges']:,} edges, "
+            f"{p['circuit_nodes']} nodes: {' '.join(p['nodes'])}"
             + ("" if p["reached"] else "  (threshold NOT reached)"),
             f"  faithfulness reached   {p['faithfulness']:.3f}",
             f"  full / empty metric    {p['full_metric']:.4f} / {p['empty_metric']:.4f}",
