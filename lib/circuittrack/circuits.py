@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -362,12 +363,22 @@ def _table_suffix(path: Path) -> str:
     return suffix
 
 
-def _write_table(df: pd.DataFrame, path: Path) -> None:
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename, so an interrupted save never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _table_suffix(path) == ".csv":
-        df.to_csv(path, index=False)  # floats are written in round-trip (repr) precision
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_table(df: pd.DataFrame, path: Path) -> None:
+    if _table_suffix(path) == ".csv":  # floats are written in round-trip (repr) precision
+        _atomic(path, lambda p: df.to_csv(p, index=False))
     else:
-        df.to_parquet(path, index=False)
+        _atomic(path, lambda p: df.to_parquet(p, index=False))
 
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -497,12 +508,11 @@ class Circuit:
             text = json.dumps(self.to_json_dict(), allow_nan=False)
         except (TypeError, ValueError) as err:
             raise ValueError(f"circuit metadata must be JSON-serialisable (str/number/bool/list/dict): {err}") from err
-        path.parent.mkdir(parents=True, exist_ok=True)
         if suffix in TABLE_SUFFIXES:
             _write_table(self.to_table(), path)
-            path.with_suffix(".json").write_text(text)
+            _atomic(path.with_suffix(".json"), lambda p: p.write_text(text))
         else:
-            path.write_text(text)
+            _atomic(path, lambda p: p.write_text(text))
         return path
 
     def write_scores(self, path: str | Path) -> Path:
