@@ -51,8 +51,17 @@ def _corpus() -> list[str]:
     return lines
 
 
-@pytest.fixture(scope="session")
-def tok() -> PreTrainedTokenizerFast:
+@pytest.fixture(scope="session", params=["test-bpe", pytest.param("toy", marks=pytest.mark.slow)])
+def tok(request) -> PreTrainedTokenizerFast:
+    """Every check runs on a GPT-NeoX-convention BPE built here and on the toy suite's own tokenizer."""
+    if request.param == "toy":
+        from transformers import AutoTokenizer
+
+        from circuittrack.checkpoints import toy_checkpoint_dir
+        from circuittrack.toy.train import train_suite
+
+        train_suite(progress=False)  # cached: returns at once when the suite is trained
+        return AutoTokenizer.from_pretrained(str(toy_checkpoint_dir("toy-s", 0)))
     return _train_tokenizer(_corpus(), vocab_size=3000)
 
 
@@ -85,7 +94,7 @@ def test_shapes_text_and_padding(tok, datas, name):
     task, data = get_task(name), datas[name]
     assert len(data) == task.default_n and data.metric_kind == task.metric_kind and data.task == name
     assert torch.equal(data.answer_pos, data.lengths - 1)
-    assert data.pad_id == tok.eos_token_id  # no pad token: eos pads
+    assert data.pad_id == (tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id)  # eos if no pad
     for i in range(len(data)):
         L = int(data.lengths[i])
         assert _decode(tok, data.clean[i, :L]) == data.clean_text[i]
@@ -340,10 +349,10 @@ def test_from_csv_round_trip(tok, datas, tmp_path):
         right, wrong = (" she", " he") if female else (" he", " she")
         rows.append(CsvRow(gp.clean_text[i], gp.corrupted_text[i], (right,), (wrong,)))
     rows.append(CsvRow("So Amy is a good cook, isn't", "So Jack is a good cook, isn't",
-                       (" she", " her"), (" he", " him")))  # several answers, '|'-separated on disk
+                       (" she", " Amy"), (" he", " Jack")))  # several answers, '|'-separated on disk
     path = tmp_path / "gp.csv"
     write_rows(path, rows)
-    assert '" she| her"' in path.read_text()
+    assert '" she| Amy"' in path.read_text()
     task = Task.from_csv(path, name="gp-csv", metric_kind="logit_diff")
     assert task.default_n == len(rows) and task.capacity(tok) == len(rows)
     data = task.make(tok, seed=3)
