@@ -43,7 +43,7 @@ class DiscoveryResult:
                 "n_evaluate_calls": self.size.n_evaluate_calls}
 
 
-def validate(method: str, backend: str, ig_steps: int, dtype: str | torch.dtype) -> None:
+def validate(method: str, backend: str, ig_steps: int, dtype: str | torch.dtype | None = None) -> None:
     """Reject bad options before any loading (errors list the valid choices)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
@@ -51,7 +51,8 @@ def validate(method: str, backend: str, ig_steps: int, dtype: str | torch.dtype)
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if ig_steps < 1:
         raise ValueError(f"--ig-steps must be at least 1, got {ig_steps}")
-    parse_dtype(dtype)
+    if dtype is not None:
+        parse_dtype(dtype)
 
 
 def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_steps: int = 30,
@@ -60,7 +61,7 @@ def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_ste
                  metadata: dict | None = None) -> DiscoveryResult:
     """Score every edge of ``model`` (a HF causal LM) on ``data`` and find the smallest greedy circuit whose
     faithfulness reaches ``threshold`` (the paper: EAP-IG-inputs with 30 steps, 0.8)."""
-    validate(method, backend, ig_steps, torch.float32)
+    validate(method, backend, ig_steps)
     graph = Graph.from_config(model.config)
     t0 = time.perf_counter()
     scores = attribute(model, graph, data, method=method, ig_steps=ig_steps, batch_size=batch_size,
