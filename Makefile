@@ -59,7 +59,7 @@ DEVICE ?= cpu
 bench: toy
 	@mkdir -p benchmarks/out
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) \
-	  --model-path "$$($(PY) -c 'from circuittrack.checkpoints import toy_checkpoint_dir as d; print(d("toy-l", "final"))')" --batch-size 32 --seq-len 24 --n-examples 64 \
+	  --model-path "$$($(PY) -c 'from circuittrack.models.checkpoints import toy_checkpoint_dir as d; print(d("toy-l", "final"))')" --batch-size 32 --seq-len 24 --n-examples 64 \
 	  --out benchmarks/out/attribution-toy-l-$(DEVICE).json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) \
 	  --out benchmarks/out/attribution-pythia160m-$(DEVICE).json

@@ -56,7 +56,7 @@ def load_model(spec: dict):
 
 
 def make_data(vocab: int, n: int, P: int, seed: int = 0):
-    from circuittrack.tasks.base import TaskData
+    from circuittrack.tasks.data import TaskData
 
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(10, vocab, (n, P), generator=g)
@@ -104,9 +104,9 @@ class RSSPeak:
 def worker(spec: dict) -> dict:
     """One measurement in this (fresh) process."""
     torch.set_num_threads(spec["threads"]) if spec.get("threads") else None
-    from circuittrack.attribution import attribute
-    from circuittrack.backends import get_runner
-    from circuittrack.tasks.base import metric, metric_per_example
+    from circuittrack.circuits.attribution import attribute
+    from circuittrack.models.runners import get_runner
+    from circuittrack.tasks.metrics import metric, metric_per_example
 
     dev = spec["device"]
     model = load_model(spec)

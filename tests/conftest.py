@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from circuittrack.tasks.base import TaskData  # noqa: E402
+from circuittrack.tasks.data import TaskData  # noqa: E402
 
 VOCAB = 40
 

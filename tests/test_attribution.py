@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from circuittrack.graph import Graph
-from circuittrack.tasks.base import metric
+from circuittrack.circuits.graph import Graph
+from circuittrack.tasks.metrics import metric
 
 
 def _parts(model):
@@ -234,9 +234,9 @@ import copy  # noqa: E402
 
 import pytest  # noqa: E402
 
-from circuittrack.attribution import METHODS, attribute  # noqa: E402
-from circuittrack.backends import get_runner  # noqa: E402
-from circuittrack.evaluation import evaluate_circuits, run_metric  # noqa: E402
+from circuittrack.circuits.attribution import METHODS, attribute  # noqa: E402
+from circuittrack.models.runners import get_runner  # noqa: E402
+from circuittrack.circuits.evaluation import evaluate_circuits, run_metric  # noqa: E402
 from conftest import make_neox, make_task  # noqa: E402
 
 
@@ -329,7 +329,7 @@ def test_linear_model_all_methods_coincide_with_exact():
 
 
 def _metric_at(model, data, embeds):
-    from circuittrack.tasks.base import metric
+    from circuittrack.tasks.metrics import metric
 
     return metric(model(inputs_embeds=embeds).logits, data)
 

@@ -7,8 +7,11 @@ import copy
 import pytest
 import torch
 
-from circuittrack.backends import BACKENDS, Hooks, get_runner, wrap_nnsight, wrap_transformer_lens
-from circuittrack.backends.base import merge_hooks
+from circuittrack.models.hooks import Hooks
+from circuittrack.models.runners import BACKENDS, get_runner
+from circuittrack.models.runners.nnsight import wrap_nnsight
+from circuittrack.models.runners.transformer_lens import wrap_transformer_lens
+from circuittrack.models.hooks import merge_hooks
 from conftest import make_neox
 from test_attribution import _get, _parts
 
@@ -183,13 +186,16 @@ def test_wrappers_and_errors(neox_parallel):
         get_runner("torch", llama)
 
 
-def test_frozen_restores_and_merge_hooks_chain():
+def test_session_restores_and_merge_hooks_chain():
     model = make_neox(n_layers=1)
+    model.train()
     r = get_runner("torch", model)
     before = [p.requires_grad for p in model.parameters()]
-    with r.frozen():
+    with r.session():
         assert not any(p.requires_grad for p in model.parameters())
+        assert not any(m.training for m in model.modules())
     assert [p.requires_grad for p in model.parameters()] == before
+    assert all(m.training for m in model.modules())
     calls = []
     h = merge_hooks(Hooks(resid0=lambda x: calls.append("a")), Hooks(resid0=lambda x: x + 1),
                     Hooks(resid0=lambda x: x * 2), Hooks(attn_in=lambda l, x: calls.append(l)),

@@ -5,8 +5,10 @@ import time
 
 import pytest
 
-from circuittrack import checkpoints
-from circuittrack.checkpoints import CheckpointUnavailable, load_checkpoint, parse_dtype
+from circuittrack.models import checkpoints
+from circuittrack.errors import CheckpointUnavailable
+from circuittrack.models.checkpoints import load_checkpoint
+from circuittrack.models.devices import parse_dtype
 
 
 def test_missing_pythia_checkpoint_fails_at_once_with_instructions(monkeypatch, tmp_path):

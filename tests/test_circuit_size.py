@@ -5,17 +5,11 @@ import math
 import pytest
 import torch
 
-from circuittrack.circuit_size import (
-    check_baselines,
-    exhaustive_circuit_size,
-    faithfulness,
-    faithfulness_curve,
-    find_circuit_size,
-    log_grid,
-    paper_grid,
-)
-from circuittrack.circuits import Circuit, count_nodes, greedy, greedy_order, prefix_masks, prune_dead_nodes
-from circuittrack.graph import Graph
+from circuittrack.circuits.circuit import Circuit
+from circuittrack.circuits.faithfulness import faithfulness, faithfulness_curve, log_grid, paper_grid, undefined_reason
+from circuittrack.circuits.selection import count_nodes, greedy, greedy_order, prefix_masks, prune_dead_nodes
+from circuittrack.circuits.size import exhaustive_circuit_size, find_circuit_size
+from circuittrack.circuits.graph import Graph
 
 THRESHOLD = 0.8
 
@@ -90,26 +84,28 @@ def test_faithfulness_definitions_and_baselines():
     assert faithfulness(1.5, 2.0) == 0.75
     assert faithfulness(1.5, 2.0, 0.5, normalised=True) == 2 / 3
     assert torch.allclose(faithfulness(torch.tensor([0.0, 2.0]), 2.0), torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match="undefined"):
-        check_baselines(1e-9)
-    with pytest.raises(ValueError, match="undefined"):
-        check_baselines(0.7, 0.7, normalised=True)
-    with pytest.warns(RuntimeWarning, match="negative"):
-        check_baselines(-1.0)
-    check_baselines(-1.0, 0.5, normalised=True)  # fine: the metric moves between empty and full
+    assert undefined_reason(2.0) is None and undefined_reason(-1.0, -3.0, normalised=True) is None
+    assert "does not do the task" in undefined_reason(1e-9)
+    assert "does not do the task" in undefined_reason(-1.0)  # not positive: the ratio would reward wrong circuits
+    assert "does not exceed" in undefined_reason(0.7, 0.7, normalised=True)
+    assert "does not exceed" in undefined_reason(-1.0, 0.5, normalised=True)
 
 
-def test_full_metric_near_zero_is_refused_before_or_at_first_call():
+def test_undefined_faithfulness_is_a_status_with_the_curve_recorded():
     graph = Graph(2, 2)
     scores, metric = edge_effects(graph, 0)
-    ev = Counted(metric, graph, 8)
-    with pytest.raises(ValueError, match="undefined"):
-        find_circuit_size(graph, scores, ev, k=8, full_metric=0.0, empty_metric=0.0)
-    assert ev.calls == 0  # refused before any evaluation
-    ev = Counted(lambda m: metric(m) * 0, graph, 8)
-    with pytest.raises(ValueError, match="undefined"):
-        find_circuit_size(graph, scores, ev, k=8)
-    assert ev.calls == 1  # the baselines ride in the first call, then it stops
+    for full in (0.0, -0.5):  # early checkpoints: the model does not do the task (or does it the wrong way round)
+        ev = Counted(lambda m, full=full: metric(m) * 0 + full, graph, 8)
+        res = find_circuit_size(graph, scores, ev, k=8)
+        assert res.status == "undefined" and res.size is None and not res.reached
+        assert "does not do the task" in res.undefined and not res.in_circuit.any()
+        grid = log_grid(graph.n_edges)
+        assert [p.n for p in res.points] == grid  # the whole scan grid is recorded
+        assert all(p.metric == pytest.approx(full) and math.isnan(p.faithfulness) for p in res.points)
+        assert ev.calls == math.ceil((len(grid) + 2) / 8)
+        assert res.summary()["status"] == "undefined"
+    curve = faithfulness_curve(graph, scores, Counted(lambda m: metric(m) * 0, graph, 8), [1, 5], k=8)
+    assert curve.status == "undefined" and all(math.isnan(p.faithfulness) for p in curve.points)
 
 
 # ----- curves --------------------------------------------------------------------------------------------------
@@ -252,13 +248,18 @@ def test_threshold_never_reached():
     check_guarantee(capped, 0.05)
     assert ev.calls <= math.ceil((len(log_grid(1600)) + 2) / 16) + 6
     # Uncapped, the full circuit has faithfulness 1, so only a threshold above 1 is never reached: size E.
-    r = find_circuit_size(graph, None, evaluate, k=16, order=order, prune=False, threshold=1.5)
-    assert (r.size, r.reached, r.faithfulness) == (E, False, 1.0)
+    r = find_circuit_size(graph, None, evaluate, k=16, order=order, prune=False, threshold=1.5, max_size=None)
+    assert (r.size, r.reached, r.faithfulness, r.status) == (E, False, 1.0, "not_reached")
     check_guarantee(r, 0.05)
-    # A threshold below the empty circuit's faithfulness is reached at once; a cap beyond the graph is refused.
+    # The default cap is the paper's 1600; a cap beyond the graph means all edges; a cap below 1 is refused.
+    assert find_circuit_size(graph, None, evaluate, k=16, order=order, prune=False).max_size == 1600
+    assert find_circuit_size(graph, None, evaluate, k=16, order=order, prune=False, threshold=1.5,
+                             max_size=E + 1).max_size == E
+    # A threshold below the empty circuit's faithfulness is reached at once.
     assert find_circuit_size(graph, None, evaluate, k=16, order=order, prune=False, threshold=-1.0).size == 1
-    with pytest.raises(ValueError, match="max_size"):
-        find_circuit_size(graph, None, evaluate, order=order, max_size=E + 1)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="max_size"):
+            find_circuit_size(graph, None, evaluate, order=order, max_size=bad)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])

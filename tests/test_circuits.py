@@ -6,22 +6,19 @@ import pandas as pd
 import pytest
 import torch
 
-from circuittrack.circuits import (
-    Circuit,
-    count_nodes,
+from circuittrack.circuits.circuit import Circuit, infer_graph, read_scores, write_scores
+from circuittrack.circuits.selection import (
     circuit_nodes,
+    count_nodes,
     greedy,
     greedy_order,
-    infer_graph,
     prefix_masks,
     prune_dead_nodes,
-    read_scores,
     select,
     threshold,
     top_n,
-    write_scores,
 )
-from circuittrack.graph import Graph
+from circuittrack.circuits.graph import Graph
 
 GRAPHS = [Graph(2, 2), Graph(3, 4), Graph(2, 3, parallel_attn_mlp=False)]
 

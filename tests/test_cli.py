@@ -40,7 +40,7 @@ def test_info_accepts_final(capsys):
     (["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "ioi",
       "--method", "acdc"], "valid methods: eap, eap-ig-inputs"),
     (["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "ioi",
-      "--backend", "jax"], "valid backends: transformer_lens, nnsight, torch"),
+      "--backend", "jax"], "valid backends: torch, nnsight, transformer_lens"),
     (["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "ioi",
       "--scores-out", "scores.txt"], "must end in .csv, .parquet or .json"),
     (["circuit", "--suite", "pythia", "--model", "pythia-70m", "--checkpoint", "7", "--task", "ioi"],

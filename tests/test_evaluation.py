@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from circuittrack.backends import get_runner
-from circuittrack.evaluation import evaluate_circuits, run_metric
-from circuittrack.graph import Graph
-from circuittrack.tasks.base import metric
+from circuittrack.models.runners import get_runner
+from circuittrack.circuits.evaluation import evaluate_circuits, run_metric
+from circuittrack.circuits.graph import Graph
+from circuittrack.tasks.metrics import metric
 from conftest import make_task
 from test_attribution import _get, _parts, head_weights
 

@@ -3,8 +3,8 @@
 import pytest
 from transformers import GPT2Config, GPTNeoXConfig
 
-from circuittrack.graph import Graph, count_edges
-from circuittrack.suites import get_model
+from circuittrack.circuits.graph import Graph, count_edges
+from circuittrack.models.suites import get_model
 
 
 @pytest.mark.parametrize("model,edges", [("pythia-70m", 3_580), ("pythia-160m", 32_347), ("pythia-410m", 231_493),

@@ -57,7 +57,7 @@ def tok(request) -> PreTrainedTokenizerFast:
     if request.param == "toy":
         from transformers import AutoTokenizer
 
-        from circuittrack.checkpoints import toy_checkpoint_dir
+        from circuittrack.models.checkpoints import toy_checkpoint_dir
         from circuittrack.toy.train import train_suite
 
         train_suite(progress=False)  # cached: returns at once when the suite is trained

@@ -6,7 +6,7 @@ These tests need the trained suite (`make test` trains it first; a fixture train
 import pytest
 import torch
 
-from circuittrack.checkpoints import load_checkpoint
+from circuittrack.models.checkpoints import load_checkpoint
 from circuittrack.tasks import evaluate, get_task, list_tasks
 from circuittrack.toy.config import TOY_MODELS
 from circuittrack.toy.train import train_suite
@@ -85,7 +85,7 @@ def test_backends_give_the_hf_logits_on_a_toy_checkpoint(toy_manifests):
 
 @pytest.mark.parametrize("model", ["toy-s", "toy-l"])
 def test_final_ioi_circuit_is_a_small_fraction_of_the_graph(toy_manifests, model):
-    from circuittrack.discovery import discover
+    from circuittrack.circuits.discovery import discover
 
     result = discover("toy", model, "final", "ioi", progress=False)
     s = result.summary()
@@ -96,10 +96,10 @@ def test_final_ioi_circuit_is_a_small_fraction_of_the_graph(toy_manifests, model
 
 @pytest.mark.parametrize("task", ["ioi", "sva"])
 def test_size_search_matches_an_exhaustive_sweep_on_a_real_model(toy_manifests, task):
-    from circuittrack.attribution import attribute
-    from circuittrack.circuit_size import exhaustive_circuit_size, find_circuit_size
-    from circuittrack.evaluation import evaluate_circuits
-    from circuittrack.graph import Graph
+    from circuittrack.circuits.attribution import attribute
+    from circuittrack.circuits.size import exhaustive_circuit_size, find_circuit_size
+    from circuittrack.circuits.evaluation import evaluate_circuits
+    from circuittrack.circuits.graph import Graph
 
     ckpt = load_checkpoint("toy", "toy-s", "final")
     data = get_task(task).make(ckpt.tokenizer, n=24)

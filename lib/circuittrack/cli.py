@@ -39,7 +39,7 @@ def _checked(fn: Callable, *a, **kw):
 
 # ----- suites / info ---------------------------------------------------------------------------------------
 def cmd_suites(args: argparse.Namespace) -> None:
-    from circuittrack.suites import SUITE_NAMES, get_suite
+    from circuittrack.models.suites import SUITE_NAMES, get_suite
 
     out = {}
     for name in SUITE_NAMES:
@@ -64,7 +64,7 @@ def cmd_suites(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from circuittrack.checkpoints import load_checkpoint, resolve
+    from circuittrack.models.checkpoints import load_checkpoint, resolve
 
     spec, step = _checked(resolve, args.suite, args.model, args.checkpoint if args.checkpoint else "final")
     payload = {"suite": args.suite, **spec.as_dict()}
@@ -130,7 +130,8 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from circuittrack.checkpoints import load_checkpoint, parse_dtype, resolve
+    from circuittrack.models.checkpoints import load_checkpoint, resolve
+    from circuittrack.models.devices import parse_dtype
     from circuittrack.tasks import evaluate, get_task
 
     spec, step = _checked(resolve, args.suite, args.model, args.checkpoint)
@@ -163,8 +164,8 @@ def _register_task_commands(add: Callable) -> None:
 def cmd_circuit(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from circuittrack.checkpoints import load_checkpoint, resolve
-    from circuittrack.discovery import discover, validate
+    from circuittrack.models.checkpoints import load_checkpoint, resolve
+    from circuittrack.circuits.discovery import discover, validate
     from circuittrack.tasks import get_task
 
     spec, step = _checked(resolve, args.suite, args.model, args.checkpoint)

@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from circuittrack.tasks.base import MetricKind, TaskData
-from circuittrack.tasks.common import build_task_data, encode_many, pad_id_of, single_token
-from circuittrack.tasks.task import Task
+from circuittrack.errors import InvalidInput
+from circuittrack.tasks.data import MetricKind, TaskData
+from circuittrack.tasks.prompts import build_task_data, encode_many, pad_id_of, single_token
 
 COLUMNS = ("clean", "corrupted", "correct", "incorrect")
 ANSWER_SEP = "|"
@@ -34,30 +34,30 @@ def read_rows(path: str | Path) -> list[CsvRow]:
     """Parse and validate the CSV (see module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"task CSV {str(path)!r} does not exist")
+        raise InvalidInput(f"task CSV {str(path)!r} does not exist")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
         missing = [c for c in COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"task CSV {str(path)!r} lacks the columns {missing}; its header must name "
+            raise InvalidInput(f"task CSV {str(path)!r} lacks the columns {missing}; its header must name "
                              f"{list(COLUMNS)} (found {reader.fieldnames})")
         key = {h.strip().lower(): h for h in reader.fieldnames or []}
         rows = []
         for line, rec in enumerate(reader, start=2):
             vals = {c: rec.get(key[c]) for c in COLUMNS}
             if any(v is None for v in vals.values()):
-                raise ValueError(f"task CSV {str(path)!r} line {line}: expected {len(header)} fields")
+                raise InvalidInput(f"task CSV {str(path)!r} line {line}: expected {len(header)} fields")
             correct = tuple(a for a in vals["correct"].split(ANSWER_SEP) if a != "")
             incorrect = tuple(a for a in vals["incorrect"].split(ANSWER_SEP) if a != "")
             if not vals["clean"] or not vals["corrupted"]:
-                raise ValueError(f"task CSV {str(path)!r} line {line}: empty clean or corrupted prompt")
+                raise InvalidInput(f"task CSV {str(path)!r} line {line}: empty clean or corrupted prompt")
             if not correct or not incorrect:
-                raise ValueError(f"task CSV {str(path)!r} line {line}: needs at least one correct and one "
+                raise InvalidInput(f"task CSV {str(path)!r} line {line}: needs at least one correct and one "
                                  f"incorrect answer (separate several with {ANSWER_SEP!r})")
             rows.append(CsvRow(vals["clean"], vals["corrupted"], correct, incorrect))
     if not rows:
-        raise ValueError(f"task CSV {str(path)!r} has no rows")
+        raise InvalidInput(f"task CSV {str(path)!r} has no rows")
     return rows
 
 
@@ -73,7 +73,7 @@ def write_rows(path: str | Path, rows: list[CsvRow]) -> None:
 def make_from_rows(name: str, metric_kind: MetricKind, rows: list[CsvRow], tokenizer, n: int, seed: int) -> TaskData:
     """``n`` of ``rows`` sampled without replacement with ``random.Random(seed)``."""
     if n > len(rows):
-        raise ValueError(f"{name}: the CSV has only {len(rows)} rows; asked for n={n}")
+        raise InvalidInput(f"{name}: the CSV has only {len(rows)} rows; asked for n={n}")
     picked = [rows[i] for i in random.Random(seed).sample(range(len(rows)), n)]
     answers, signs = [], []
     for r in picked:
@@ -81,7 +81,7 @@ def make_from_rows(name: str, metric_kind: MetricKind, rows: list[CsvRow], token
         for a in r.correct + r.incorrect:
             t = single_token(tokenizer, a)
             if t is None:
-                raise ValueError(f"{name}: the answer {a!r} (prompt {r.clean!r}) is not a single token for this "
+                raise InvalidInput(f"{name}: the answer {a!r} (prompt {r.clean!r}) is not a single token for this "
                                  "tokenizer; answers must be single tokens (mind the leading space)")
             ids.append(t)
         answers.append(ids)
@@ -89,23 +89,3 @@ def make_from_rows(name: str, metric_kind: MetricKind, rows: list[CsvRow], token
     return build_task_data(name, metric_kind, encode_many(tokenizer, [r.clean for r in picked]),
                            encode_many(tokenizer, [r.corrupted for r in picked]), answers, signs,
                            pad_id_of(tokenizer), [r.clean for r in picked], [r.corrupted for r in picked])
-
-
-def csv_task(
-    path: str | Path,
-    name: str,
-    metric_kind: MetricKind = "logit_diff",
-    default_seed: int = 0,
-    description: str | None = None,
-) -> Task:
-    """A :class:`Task` over the rows of a CSV file (read and validated now)."""
-    rows = read_rows(path)
-    return Task(
-        name=name,
-        metric_kind=metric_kind,
-        default_n=len(rows),
-        default_seed=default_seed,
-        description=description or f"task read from {Path(path).name} ({len(rows)} rows)",
-        builder=lambda tokenizer, n, seed: make_from_rows(name, metric_kind, rows, tokenizer, n, seed),
-        capacity_fn=lambda tokenizer: len(rows),
-    )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from circuittrack.tasks.base import TaskData, answer_logits, metric_per_example
+from circuittrack.tasks.data import TaskData
+from circuittrack.errors import InvalidInput
+from circuittrack.tasks.metrics import answer_logits, metric_per_example
 
 
 @torch.no_grad()
@@ -16,7 +18,7 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
     the device of the model's parameters.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size}")
     if device is None:
         try:
             device = next(model.parameters()).device

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import random
 
-from circuittrack.tasks.base import TaskData
-from circuittrack.tasks.common import build_task_data, encode_many, pad_id_of, single_token, single_token_words
+from circuittrack.tasks.data import TaskData
+from circuittrack.tasks.prompts import build_task_data, encode_many, pad_id_of, single_token, single_token_words
 from circuittrack.tasks.task import Task
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.wordlists import GP_FEMALE_NAMES, GP_FRAMES, GP_MALE_NAMES, GP_PRONOUNS, GP_TEMPLATE
 
 NAME = "gendered-pronoun"
@@ -43,13 +44,13 @@ def make(tokenizer, n: int, seed: int) -> TaskData:
     for g in GENDERS:
         t = single_token(tokenizer, GP_PRONOUNS[g])
         if t is None:
-            raise ValueError(f"{NAME}: the pronoun {GP_PRONOUNS[g]!r} is not a single token for this tokenizer")
+            raise InvalidInput(f"{NAME}: the pronoun {GP_PRONOUNS[g]!r} is not a single token for this tokenizer")
         pronoun_ids[g] = t
     names = valid_names(tokenizer)
     prompts = all_prompts(tokenizer)
     if len(prompts) < n:
         total = len(GP_FEMALE_NAMES) + len(GP_MALE_NAMES)
-        raise ValueError(f"{NAME}: only {len(names['female']) + len(names['male'])} of {total} names "
+        raise InvalidInput(f"{NAME}: only {len(names['female']) + len(names['male'])} of {total} names "
                          f"({len(names['female'])} female, {len(names['male'])} male) are single tokens with a "
                          f"leading space for this tokenizer, giving {len(prompts)} prompts; need n={n} prompts "
                          "and at least one name of each gender")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import random
 
-from circuittrack.tasks.base import TaskData
-from circuittrack.tasks.common import build_task_data, encode, encode_many, pad_id_of, single_token
+from circuittrack.tasks.data import TaskData
+from circuittrack.tasks.prompts import build_task_data, encode, encode_many, pad_id_of, single_token
 from circuittrack.tasks.task import Task
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.wordlists import GT_FIRST_YEAR, GT_LAST_YEAR, GT_NOUNS, GT_TEMPLATE
 
 NAME = "greater-than"
@@ -29,7 +30,7 @@ def year_token_ids(tokenizer) -> list[int]:
             bad.append(f"{y:02d}")
         ids.append(t)
     if bad:
-        raise ValueError(f"{NAME}: the year suffixes {bad[:10]}{'...' if len(bad) > 10 else ''} ({len(bad)} of 100) "
+        raise InvalidInput(f"{NAME}: the year suffixes {bad[:10]}{'...' if len(bad) > 10 else ''} ({len(bad)} of 100) "
                          "are not single tokens (without a leading space) for this tokenizer; the probability "
                          "difference needs all of '00'..'99' as single tokens")
     return ids
@@ -83,15 +84,15 @@ def make(tokenizer, n: int, seed: int) -> TaskData:
     answer_ids = year_token_ids(tokenizer)
     years = valid_years(tokenizer)
     if not years:
-        raise ValueError(f"{NAME}: no year in {GT_FIRST_YEAR}-{GT_LAST_YEAR - 1} tokenizes as [' XX', 'YY'] "
+        raise InvalidInput(f"{NAME}: no year in {GT_FIRST_YEAR}-{GT_LAST_YEAR - 1} tokenizes as [' XX', 'YY'] "
                          "(with XX01 also splitting that way) for this tokenizer")
     nouns = valid_nouns(tokenizer, years)
     if not nouns:
-        raise ValueError(f"{NAME}: none of the {len(GT_NOUNS)} nouns gives a prompt that tokenizes as "
+        raise InvalidInput(f"{NAME}: none of the {len(GT_NOUNS)} nouns gives a prompt that tokenizes as "
                          "prefix + [' XX', 'YY'] + ' to the year' + [' XX'] for this tokenizer")
     cap = len(nouns) * len(years)
     if n > cap:
-        raise ValueError(f"{NAME}: only {cap} distinct prompts can be made for this tokenizer ({len(nouns)} of "
+        raise InvalidInput(f"{NAME}: only {cap} distinct prompts can be made for this tokenizer ({len(nouns)} of "
                          f"{len(GT_NOUNS)} nouns x {len(years)} valid years); asked for n={n}")
     by_yy: dict[int, list[int]] = {}
     for y in years:

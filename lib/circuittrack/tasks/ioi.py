@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import random
 
-from circuittrack.tasks.base import TaskData
-from circuittrack.tasks.common import build_task_data, encode_many, pad_id_of, single_token_words
+from circuittrack.tasks.data import TaskData
+from circuittrack.tasks.prompts import build_task_data, encode_many, pad_id_of, single_token_words
 from circuittrack.tasks.task import Task
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.wordlists import (
     IOI_ABBA_TEMPLATES,
     IOI_BABA_TEMPLATES,
@@ -30,12 +31,12 @@ _FINAL = " [A]"
 def _split_template(template: str) -> tuple[str, str]:
     """(clean prompt template without the final name, corrupted one with S2 -> IO)."""
     if not template.endswith(_FINAL):
-        raise ValueError(f"IOI template must end with {_FINAL!r}: {template!r}")
+        raise InvalidInput(f"IOI template must end with {_FINAL!r}: {template!r}")
     prompt = template[: -len(_FINAL)]
     first = prompt.find("[B]")
     second = prompt.find("[B]", first + 1)
     if first < 0 or second < 0:
-        raise ValueError(f"IOI template must mention [B] twice before the answer: {template!r}")
+        raise InvalidInput(f"IOI template must mention [B] twice before the answer: {template!r}")
     corrupted = prompt[:second] + "[A]" + prompt[second + 3 :]
     return prompt, corrupted
 
@@ -53,7 +54,7 @@ def valid_names(tokenizer) -> list[str]:
 def _names_or_error(tokenizer) -> list[str]:
     names = valid_names(tokenizer)
     if len(names) < 2:
-        raise ValueError(f"{NAME}: only {len(names)} of {len(IOI_NAMES)} names are single tokens with a leading "
+        raise InvalidInput(f"{NAME}: only {len(names)} of {len(IOI_NAMES)} names are single tokens with a leading "
                          "space for this tokenizer; need at least 2 distinct names")
     return names
 
@@ -91,7 +92,7 @@ def make(tokenizer, n: int, seed: int) -> TaskData:
     corrupted_ids = encode_many(tokenizer, corrupted_text)
     for i, (c, k) in enumerate(zip(clean_ids, corrupted_ids)):
         if len(c) != len(k):
-            raise ValueError(f"{NAME}: clean {clean_text[i]!r} and corrupted {corrupted_text[i]!r} tokenize to "
+            raise InvalidInput(f"{NAME}: clean {clean_text[i]!r} and corrupted {corrupted_text[i]!r} tokenize to "
                              f"{len(c)} and {len(k)} tokens; this tokenizer merges names with their context")
     name_id = dict(zip(names, (ids[0] for ids in encode_many(tokenizer, [" " + x for x in names]))))
     answers = [[name_id[io], name_id[s]] for io, s in zip(ios, ss)]

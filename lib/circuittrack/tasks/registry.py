@@ -6,7 +6,11 @@ Add a task by writing a module that defines a :class:`Task` and calling :func:`r
 
 from __future__ import annotations
 
-from circuittrack.tasks import gendered_pronoun, greater_than, ioi, sva
+from circuittrack.tasks.gendered_pronoun import TASK as GENDERED_PRONOUN
+from circuittrack.tasks.greater_than import TASK as GREATER_THAN
+from circuittrack.tasks.ioi import TASK as IOI
+from circuittrack.tasks.sva import TASK as SVA
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.task import Task
 
 TASKS: dict[str, Task] = {}
@@ -17,7 +21,7 @@ def register(task: Task, overwrite: bool = False) -> Task:
     if not isinstance(task, Task):
         raise TypeError(f"register() takes a Task, got {type(task).__name__}")
     if task.name in TASKS and not overwrite:
-        raise ValueError(f"a task named {task.name!r} is already registered; pass overwrite=True to replace it")
+        raise InvalidInput(f"a task named {task.name!r} is already registered; pass overwrite=True to replace it")
     TASKS[task.name] = task
     return task
 
@@ -32,8 +36,8 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}") from None
+        raise InvalidInput(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}") from None
 
 
-for _task in (ioi.TASK, greater_than.TASK, gendered_pronoun.TASK, sva.TASK):
+for _task in (IOI, GREATER_THAN, GENDERED_PRONOUN, SVA):
     register(_task)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from circuittrack.tasks.base import TaskData
-from circuittrack.tasks.common import build_task_data, encode_many, pad_id_of, single_token_words
+from circuittrack.tasks.data import TaskData
+from circuittrack.tasks.prompts import build_task_data, encode_many, pad_id_of, single_token_words
 from circuittrack.tasks.task import Task
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.wordlists import (
     SVA_COMPLEMENT_SUBJECTS,
     SVA_COMPLEMENT_VERBS,
@@ -110,7 +111,7 @@ def candidate_pairs() -> list[Pair]:
                         fills.append(({"verb1": _by_number(SVA_COORD_SINGULAR, SVA_COORD_PLURAL, v, number)},
                                       {"verb1": _by_number(SVA_COORD_SINGULAR, SVA_COORD_PLURAL, v, other)}))
                 else:
-                    raise ValueError(f"{NAME}: no filler rule for construction {construction!r}")
+                    raise InvalidInput(f"{NAME}: no filler rule for construction {construction!r}")
                 for clean_slots, corrupt_slots in fills:
                     pairs.append(Pair(construction, number, template.format(subj=subj, **clean_slots),
                                       template.format(subj=subj_c, **corrupt_slots)))
@@ -144,7 +145,7 @@ def make(tokenizer, n: int, seed: int) -> TaskData:
     verbs = answer_verbs(tokenizer)
     for number in NUMBERS:
         if not verbs[number]:
-            raise ValueError(f"{NAME}: none of the {number} verbs is a single token with a leading space for "
+            raise InvalidInput(f"{NAME}: none of the {number} verbs is a single token with a leading space for "
                              "this tokenizer")
     pairs = valid_pairs(tokenizer)
     rng = random.Random(seed)
@@ -161,7 +162,7 @@ def make(tokenizer, n: int, seed: int) -> TaskData:
     need = {"singular": (n + 1) // 2, "plural": n // 2}
     if any(len(order[num]) < need[num] for num in NUMBERS):
         have = {num: len(order[num]) for num in NUMBERS}
-        raise ValueError(f"{NAME}: only {len(pairs)} of {len(candidate_pairs())} prompt pairs tokenize to equal "
+        raise InvalidInput(f"{NAME}: only {len(pairs)} of {len(candidate_pairs())} prompt pairs tokenize to equal "
                          f"clean/corrupted lengths for this tokenizer ({have['singular']} singular, "
                          f"{have['plural']} plural subjects); n={n} needs {need['singular']} singular and "
                          f"{need['plural']} plural")

@@ -6,8 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from circuittrack.tasks.base import MetricKind, TaskData
-from circuittrack.tasks.common import check_n
+from circuittrack.errors import InvalidInput
+from circuittrack.tasks.csv_task import make_from_rows, read_rows
+from circuittrack.tasks.data import MetricKind, TaskData
+from circuittrack.tasks.prompts import check_n
 
 METRIC_KINDS: tuple[str, ...] = ("logit_diff", "prob_diff")
 
@@ -30,7 +32,7 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.metric_kind not in METRIC_KINDS:
-            raise ValueError(f"task {self.name!r}: metric_kind must be one of {METRIC_KINDS}, got {self.metric_kind!r}")
+            raise InvalidInput(f"task {self.name!r}: metric_kind must be one of {METRIC_KINDS}, got {self.metric_kind!r}")
 
     def make(self, tokenizer, n: int | None = None, seed: int | None = None) -> TaskData:
         """Build ``n`` examples (default :attr:`default_n`) with ``seed`` (default :attr:`default_seed`)."""
@@ -55,7 +57,8 @@ class Task:
 
         See :mod:`circuittrack.tasks.csv_task` for the format. ``default_n`` is the number of rows.
         """
-        from circuittrack.tasks.csv_task import csv_task
-
-        return csv_task(path, name=name, metric_kind=metric_kind, default_seed=default_seed,
-                        description=description)
+        rows = read_rows(path)
+        return cls(name=name, metric_kind=metric_kind, default_n=len(rows), default_seed=default_seed,
+                   description=description or f"task read from {Path(path).name} ({len(rows)} rows)",
+                   builder=lambda tokenizer, n, seed: make_from_rows(name, metric_kind, rows, tokenizer, n, seed),
+                   capacity_fn=lambda tokenizer: len(rows))

@@ -43,12 +43,3 @@ TOY_MODELS: dict[str, ToyShape] = {
     "toy-l": ToyShape(n_layers=4, d_model=128, n_heads=8, lr=3e-3),
 }
 
-
-def toy_model_spec(name: str):
-    """The :class:`~circuittrack.suites.ModelSpec` of a toy model."""
-    from circuittrack.suites import ModelSpec
-
-    shape = TOY_MODELS[name]
-    return ModelSpec(name=name, hf_id=name, n_params=shape.n_params(), n_layers=shape.n_layers,
-                     n_heads=shape.n_heads, d_model=shape.d_model, d_mlp=shape.d_mlp, vocab_size=TOY_VOCAB_SIZE,
-                     steps=TOY_SCHEDULE, tokens_per_step=TOY_TOKENS_PER_STEP, context_length=TOY_CONTEXT)

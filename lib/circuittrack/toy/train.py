@@ -25,6 +25,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerF
 from transformers.utils import logging as hf_logging
 
 from circuittrack import paths
+from circuittrack.errors import InvalidInput
 from circuittrack.toy import config as C
 from circuittrack.toy.corpus import Heldout, corpus_text, documents
 from circuittrack.toy.tokenizer import save_tokenizer, train_tokenizer
@@ -53,7 +54,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         bad = [s for s in self.schedule if not 0 <= s <= self.steps]
         if bad or self.schedule[-1] != self.steps:
-            raise ValueError(f"checkpoint schedule must lie in [0, {self.steps}] and end at {self.steps}; got {bad}")
+            raise InvalidInput(f"checkpoint schedule must lie in [0, {self.steps}] and end at {self.steps}; got {bad}")
 
 
 def build_model(shape: C.ToyShape, vocab_size: int, rotary_pct: float = 0.5, seed: int = 0) -> GPTNeoXForCausalLM:
@@ -220,7 +221,7 @@ def train_suite(models: Iterable[str] | None = None, *, force: bool = False, set
     names = list(models) if models is not None else list(shapes)
     unknown = [n for n in names if n not in shapes]
     if unknown:
-        raise ValueError(f"unknown toy model(s) {unknown}; valid: {', '.join(shapes)}")
+        raise InvalidInput(f"unknown toy model(s) {unknown}; valid: {', '.join(shapes)}")
     todo = [n for n in names if force or not is_trained(suite_dir / n, settings, shapes[n])]
     manifests = {n: json.loads((suite_dir / n / MANIFEST).read_text()) for n in names if n not in todo}
     for n in manifests:

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from circuittrack.errors import InvalidInput, choices
+from circuittrack.toy.config import TOY_CONTEXT, TOY_MODELS, TOY_SCHEDULE, TOY_TOKENS_PER_STEP, TOY_VOCAB_SIZE
+
 PYTHIA_TOKENS_PER_STEP = 2_097_152  # 1024 sequences x 2048 tokens
 
 #: The 154 Pythia checkpoints: step 0, 1, 2, 4, ..., 512, then 1000..143000 every 1000.
@@ -73,20 +76,20 @@ class ModelSpec:
             s = step.strip().lower()
             if s in ("final", "main", "last"):
                 if not self.steps:
-                    raise ValueError(f"{self.name} has no registered checkpoints; pass a step number "
+                    raise InvalidInput(f"{self.name} has no registered checkpoints; pass a step number "
                                      "(revision step{N}) or register them with register_hf_model")
                 return self.final_step
             s = s.removeprefix("step")
             if not s.isdigit():
-                raise ValueError(f"checkpoint {step!r} of {self.name} is not a step number or 'final'; "
+                raise InvalidInput(f"checkpoint {step!r} of {self.name} is not a step number or 'final'; "
                                  f"valid steps: {_fmt_steps(self.steps)}")
             step = int(s)
         if not self.steps:  # an unregistered hf model: any step{N} revision may exist
             if step < 0:
-                raise ValueError(f"checkpoint step must be >= 0, got {step}")
+                raise InvalidInput(f"checkpoint step must be >= 0, got {step}")
             return int(step)
         if step not in self.steps:
-            raise ValueError(f"{self.name} has no checkpoint at step {step}; valid steps: {_fmt_steps(self.steps)}"
+            raise InvalidInput(f"{self.name} has no checkpoint at step {step}; valid steps: {_fmt_steps(self.steps)}"
                              " (or 'final')")
         return int(step)
 
@@ -122,7 +125,7 @@ class Suite:
             return ModelSpec(name=key, hf_id=key, n_params=0, n_layers=0, n_heads=0, d_model=0, steps=(),
                              tokens_per_step=PYTHIA_TOKENS_PER_STEP if pythia_like else 0)
         if key not in self.models:
-            raise ValueError(f"suite {self.name!r} has no model {name!r}; valid models: {', '.join(self.models)}")
+            raise InvalidInput(f"suite {self.name!r} has no model {name!r}; valid models: {', '.join(self.models)}")
         return self.models[key]
 
     def schedule(self, name: str, model: str | None = None) -> tuple[int, ...]:
@@ -130,7 +133,7 @@ class Suite:
         if name == "all" and model is not None:
             return self.model(model).steps
         if name not in self.schedules:
-            raise ValueError(f"suite {self.name!r} has no schedule {name!r}; valid: {', '.join(self.schedules)}")
+            raise InvalidInput(f"suite {self.name!r} has no schedule {name!r}; valid: {', '.join(self.schedules)}")
         return self.schedules[name]
 
 
@@ -166,9 +169,15 @@ def _pythia_suite() -> Suite:
     return suite
 
 
-def _toy_suite() -> Suite:
-    from circuittrack.toy.config import TOY_MODELS, TOY_SCHEDULE, toy_model_spec
+def toy_model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a toy model (shapes and schedule from :mod:`circuittrack.toy.config`)."""
+    shape = TOY_MODELS[name]
+    return ModelSpec(name=name, hf_id=name, n_params=shape.n_params(), n_layers=shape.n_layers,
+                     n_heads=shape.n_heads, d_model=shape.d_model, d_mlp=shape.d_mlp, vocab_size=TOY_VOCAB_SIZE,
+                     steps=TOY_SCHEDULE, tokens_per_step=TOY_TOKENS_PER_STEP, context_length=TOY_CONTEXT)
 
+
+def _toy_suite() -> Suite:
     suite = Suite("toy", "Small GPT-NeoX models trained offline by this project (`circuittrack train-toy`)",
                   schedules={"all": TOY_SCHEDULE})
     for name in TOY_MODELS:
@@ -187,7 +196,7 @@ def register_hf_model(hf_id: str, steps: list[int] | tuple[int, ...], *, n_layer
     family's checkpoints. Shape numbers are optional (``circuittrack info`` reads them from the loaded config).
     """
     if not steps:
-        raise ValueError(f"register_hf_model({hf_id!r}) needs at least one checkpoint step")
+        raise InvalidInput(f"register_hf_model({hf_id!r}) needs at least one checkpoint step")
     spec = ModelSpec(name=hf_id, hf_id=hf_id, n_params=n_params, n_layers=n_layers, n_heads=n_heads,
                      d_model=d_model, steps=tuple(sorted(set(int(s) for s in steps))),
                      tokens_per_step=tokens_per_step)
@@ -207,7 +216,7 @@ def get_suite(name: str) -> Suite:
     if name == "hf":
         return Suite("hf", "Any Hugging Face causal LM with user-given revisions (register_hf_model)",
                      models=dict(_HF_MODELS))
-    raise ValueError(f"unknown suite {name!r}; valid suites: {', '.join(SUITE_NAMES)}")
+    raise InvalidInput(f"unknown suite {name!r}; valid suites: {', '.join(SUITE_NAMES)}")
 
 
 def get_model(suite: str, model: str) -> ModelSpec:

@@ -17,6 +17,8 @@ receives only from nodes before layer l; with sequential blocks (GPT-2) it also 
 
 from __future__ import annotations
 
+from circuittrack.errors import InvalidInput
+
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -35,7 +37,7 @@ class Graph:
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1:
-            raise ValueError(f"a graph needs n_layers >= 1 and n_heads >= 1, got {self.n_layers}, {self.n_heads}")
+            raise InvalidInput(f"a graph needs n_layers >= 1 and n_heads >= 1, got {self.n_layers}, {self.n_heads}")
 
     @classmethod
     def from_config(cls, config) -> Graph:
@@ -134,10 +136,10 @@ class Graph:
             u, v = name.split("->")
             i, j = self.src_names.index(u), self.dst_names.index(v)
         except ValueError:
-            raise ValueError(f"{name!r} is not an edge name like 'a0.h1->a1.h2<q>' or 'input->m0' "
+            raise InvalidInput(f"{name!r} is not an edge name like 'a0.h1->a1.h2<q>' or 'input->m0' "
                              f"in a {self.n_layers}-layer, {self.n_heads}-head graph") from None
         if not self.edge_mask[i, j]:
-            raise ValueError(f"{name!r} is not an edge of this graph (its source is not upstream of its target)")
+            raise InvalidInput(f"{name!r} is not an edge of this graph (its source is not upstream of its target)")
         return i, j
 
 

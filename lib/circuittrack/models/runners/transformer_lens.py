@@ -14,13 +14,15 @@ tensor hook on the value the hook *returns* (which the bridge reverts with a vie
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from functools import partial
 
 from torch import Tensor, nn
 
-from .arch import get_arch
-from .base import QKV_NAMES, Hooks, Runner, attach_grad, branch_with_grad
+from circuittrack.models.arch import get_arch
+from circuittrack.models.hooks import QKV_NAMES, Hooks, attach_grad, intervene_input, mlp_in_callbacks
+from circuittrack.models.runners.runner import Runner
 
 _BRIDGE_KEY = "_circuittrack_tl_bridge"
 
@@ -73,22 +75,21 @@ class TransformerLensRunner(Runner):
 
     backend = "transformer_lens"
 
-    def __init__(self, model):
+    def __init__(self, model, copy_model: bool = True):
         from transformer_lens.model_bridge import TransformerBridge
 
         if isinstance(model, TransformerBridge):
-            bridge, hf = model, model.original_model
+            hf = model.original_model
+            super().__init__(get_arch(hf), model)
+            self.bridge = model
         elif isinstance(model, nn.Module):
-            hf = model
+            # The bridge rewires the modules it wraps: it gets a private copy, the caller's model stays as it is.
+            hf = copy.deepcopy(model) if copy_model else model
             arch = get_arch(hf)  # capture the original modules before the bridge wraps them
-            bridge = wrap_transformer_lens(hf)
-            super().__init__(arch, bridge)
-            self.bridge = bridge
-            return
+            self.bridge = wrap_transformer_lens(hf)
+            super().__init__(arch, self.bridge)
         else:
             raise TypeError(f"TransformerLensRunner needs a HF model or a TransformerBridge, got {type(model)}")
-        super().__init__(get_arch(hf), bridge)
-        self.bridge = bridge
 
     def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None) -> Tensor:
         h = hooks or Hooks()
@@ -133,16 +134,10 @@ def _qkv(h: Hooks, l: int, t: int, x: Tensor, hook) -> Tensor | None:
 
 
 def _mlp_in(h: Hooks, l: int, x: Tensor, hook) -> Tensor | None:
-    new = h.mlp_in(l, x) if h.mlp_in is not None else None
-    y = x if new is None else new
-    if h.mlp_in_grad is not None:
-        y = branch_with_grad(y, partial(h.mlp_in_grad, l))
+    y = intervene_input(x, *mlp_in_callbacks(h, l))
     return None if y is x else y
 
 
 def _final_in(h: Hooks, x: Tensor, hook) -> Tensor | None:
-    new = h.final_in(x) if h.final_in is not None else None
-    y = x if new is None else new
-    if h.final_in_grad is not None:
-        y = branch_with_grad(y, h.final_in_grad)
+    y = intervene_input(x, h.final_in, h.final_in_grad)
     return None if y is x else y

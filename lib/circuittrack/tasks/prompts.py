@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from circuittrack.tasks.base import MetricKind, TaskData
+from circuittrack.errors import InvalidInput
+from circuittrack.tasks.data import MetricKind, TaskData
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -45,7 +46,7 @@ def pad_id_of(tokenizer) -> int:
         value = getattr(tokenizer, attr, None)
         if value is not None:
             return int(value)
-    raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token (or eos_token) "
+    raise InvalidInput("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token (or eos_token) "
                      "so that examples can be right-padded")
 
 
@@ -67,25 +68,25 @@ def build_task_data(
     """
     n = len(clean_ids)
     if n == 0:
-        raise ValueError(f"{task}: no examples to build")
+        raise InvalidInput(f"{task}: no examples to build")
     if len(corrupted_ids) != n or len(answer_ids) != n or len(answer_signs) != n:
-        raise ValueError(f"{task}: clean, corrupted and answer lists must have the same number of examples")
+        raise InvalidInput(f"{task}: clean, corrupted and answer lists must have the same number of examples")
     for i, (c, k) in enumerate(zip(clean_ids, corrupted_ids)):
         if len(c) != len(k):
-            raise ValueError(f"{task}: example {i} has clean length {len(c)} but corrupted length {len(k)}; "
+            raise InvalidInput(f"{task}: example {i} has clean length {len(c)} but corrupted length {len(k)}; "
                              "clean and corrupted prompts must tokenize to the same length")
         if len(c) == 0:
-            raise ValueError(f"{task}: example {i} is empty")
+            raise InvalidInput(f"{task}: example {i} is empty")
     columns = sorted({int(t) for ids in answer_ids for t in ids})
     col = {t: j for j, t in enumerate(columns)}
     sign = torch.zeros(n, len(columns), dtype=torch.float32)
     for i, (ids, signs) in enumerate(zip(answer_ids, answer_signs)):
         if len(ids) != len(signs):
-            raise ValueError(f"{task}: example {i} has {len(ids)} answer tokens but {len(signs)} signs")
+            raise InvalidInput(f"{task}: example {i} has {len(ids)} answer tokens but {len(signs)} signs")
         for t, s in zip(ids, signs):
             j = col[int(t)]
             if sign[i, j] != 0 and sign[i, j] != s:
-                raise ValueError(f"{task}: example {i} scores token {int(t)} both as correct and as incorrect")
+                raise InvalidInput(f"{task}: example {i} scores token {int(t)} both as correct and as incorrect")
             sign[i, j] = float(s)
     lengths = torch.tensor([len(c) for c in clean_ids], dtype=torch.long)
     width = int(lengths.max())
@@ -112,5 +113,5 @@ def build_task_data(
 def check_n(task: str, n: int) -> int:
     """Validate a requested example count."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"{task}: n must be a positive integer, got {n!r}")
+        raise InvalidInput(f"{task}: n must be a positive integer, got {n!r}")
     return n

@@ -56,11 +56,15 @@ import math
 import torch
 from torch import Tensor
 
-from .backends import get_runner
-from .backends.base import Hooks, Runner, merge_hooks
-from .graph import Graph
-from .patching import answer_metric, check_batch_size, check_inputs, device_batches, f32, source_hooks
-from .tasks.base import TaskData
+from circuittrack.models.runners import get_runner
+from circuittrack.models.hooks import Hooks, merge_hooks
+from circuittrack.models.runners import Runner
+from circuittrack.circuits.exact import exact_scores
+from circuittrack.circuits.graph import Graph
+from circuittrack.circuits.sources import answer_metric, check_batch_size, check_inputs, device_batches, f32, source_hooks
+from circuittrack.errors import InvalidInput
+from circuittrack.progress import progress_bar
+from circuittrack.tasks.data import TaskData
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact")
 
@@ -80,23 +84,21 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
     plus 4 * B * P * d * (n_src + 4 L + 1) bytes of float32 state (AD and the gradient accumulators).
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        raise InvalidInput(f"unknown method {method!r}; choose one of {METHODS}")
     if not isinstance(ig_steps, int) or ig_steps < 1:
-        raise ValueError(f"ig_steps must be a positive int, got {ig_steps!r}")
+        raise InvalidInput(f"ig_steps must be a positive int, got {ig_steps!r}")
     check_batch_size(batch_size)
     runner = get_runner(backend, model, device=device, dtype=dtype)
     graph = check_inputs(runner, graph, data)
     if method == "exact":
-        from .evaluation import exact_scores
-
         return exact_scores(runner, graph, data, batch_size=batch_size, edge_batch=edge_batch, progress=progress)
 
     n = len(data)
     dev = runner.device
     scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
     n_batches = math.ceil(n / batch_size)
-    bar = _progress(progress, n_batches, f"{method} ({runner.backend})")
-    with runner.frozen():
+    bar = progress_bar(progress, n_batches, f"{method} ({runner.backend})", unit="batch")
+    with runner.session():
         for batch in device_batches(data, batch_size, dev):
             _BATCH_METHODS[method](runner, graph, batch, n, ig_steps, scores)
             bar.update(1)
@@ -108,7 +110,7 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
 
 def _eap(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
     acc = _EdgeGrads(runner, graph, batch)
-    with torch.no_grad():
+    with runner.session(), torch.no_grad():
         runner.forward(batch.corrupted, source_hooks(runner, graph, acc.AD, +1.0, "bpsd"), batch.answer_pos)
     acc.grad_pass(batch, batch.clean, n, record_sign=-1.0)
     acc.contract(scores, scale=1.0)
@@ -123,7 +125,7 @@ def _ig_inputs(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, sc
             emb[name] = x.detach()
         return fn
 
-    with torch.no_grad():
+    with runner.session(), torch.no_grad():
         runner.forward(batch.clean, merge_hooks(source_hooks(runner, graph, acc.AD, -1.0, "bpsd"),
                                                 Hooks(resid0=keep("clean"))), batch.answer_pos)
     # t = 1: the corrupted tokens themselves (also records the corrupted sources, completing AD)
@@ -138,7 +140,7 @@ def _ig_inputs(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, sc
 
 def _clean_corrupted(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
     acc = _EdgeGrads(runner, graph, batch)
-    with torch.no_grad():
+    with runner.session(), torch.no_grad():
         runner.forward(batch.clean, source_hooks(runner, graph, acc.AD, -1.0, "bpsd"), batch.answer_pos)
     acc.grad_pass(batch, batch.corrupted, n, record_sign=+1.0)
     acc.grad_pass(batch, batch.clean, n)
@@ -155,7 +157,7 @@ def _ig_activations(runner: Runner, graph: Graph, batch: TaskData, n: int, m: in
                      z=lambda l, x: store.__setitem__(("attn", l), x.detach()),
                      mlp_out=lambda l, x: store.__setitem__(("mlp", l), x.detach()))
 
-    with torch.no_grad():
+    with runner.session(), torch.no_grad():
         for name, ids, sign in (("clean", batch.clean, -1.0), ("corrupted", batch.corrupted, +1.0)):
             runner.forward(ids, merge_hooks(source_hooks(runner, graph, acc.AD, sign, "bpsd"), keep(acts[name])),
                            batch.answer_pos)
@@ -318,21 +320,3 @@ class _EdgeGrads:
                     scores[r0:hi, g.dst_mlp(l)] += scale * s
             s = torch.bmm(AD[:, r0:r1], self.Gf.view(BP, d, 1)).sum(0)[:, 0]
             scores[r0:r1, g.dst_logits] += scale * s
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        enabled = False
-    if not enabled:
-        return _NoBar()
-    return tqdm(total=total, desc=desc, leave=False)
-
-
-class _NoBar:
-    def update(self, k: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -1,6 +1,7 @@
-"""The kernel-side contract: one forward pass with interventions at abstract sites.
+"""The kernel-side contract: the abstract sites of one forward pass and the callbacks that intervene there.
 
-Every backend (TransformerLens, nnsight, plain PyTorch hooks) implements :class:`Runner` over the same
+Every backend (TransformerLens, nnsight, plain PyTorch hooks) implements
+:class:`~circuittrack.models.runners.runner.Runner` over the same
 Hugging Face weights, so the attribution and evaluation kernels are written once. A pass is described by a
 :class:`Hooks` object whose callbacks the runner calls in module execution order:
 
@@ -27,15 +28,12 @@ identity node so the gradient is that of the MLP branch alone, not of the whole 
 
 from __future__ import annotations
 
-import contextlib
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .arch import ArchAdapter
+from circuittrack.models.arch import ArchAdapter
 
 QKV_NAMES = ("q", "k", "v")
 
@@ -137,46 +135,17 @@ def branch_with_grad(x: Tensor, fn: Callable[[Tensor], None] | None) -> Tensor:
     return y
 
 
-class Runner(ABC):
-    """One forward pass of a causal LM with :class:`Hooks`, returning logits."""
+def intervene_input(x: Tensor, replace: Callable[[Tensor], Tensor | None] | None,
+                    on_grad: Callable[[Tensor], None] | None) -> Tensor:
+    """A module input (MLP or final LayerNorm) after the ``replace`` callback and with the ``on_grad`` branch
+    attached; returns ``x`` itself when nothing changed, so a runner can skip writing it back."""
+    new = replace(x) if replace is not None else None
+    y = x if new is None else new
+    return branch_with_grad(y, on_grad) if on_grad is not None else y
 
-    backend: str = "?"
 
-    def __init__(self, arch: ArchAdapter, module: nn.Module):
-        self.arch = arch
-        self.module = module  # the object whose parameters are frozen during attribution
-
-    @property
-    def device(self) -> torch.device:
-        return self.arch.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.arch.dtype
-
-    @abstractmethod
-    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None) -> Tensor:
-        """Run ``input_ids`` [B, P]; logits [B, P, V], or [B, V] at ``positions`` [B] when given.
-
-        Computing the unembedding only where the metric reads it saves most of the vocabulary cost.
-        """
-
-    @contextlib.contextmanager
-    def frozen(self) -> Iterator[None]:
-        """Parameters stop requiring grad (no weight gradients, fewer saved tensors); restored afterwards."""
-        seen: dict[int, nn.Parameter] = {}
-        for m in (self.module, self.arch.model):
-            seen.update((id(p), p) for p in m.parameters() if p.requires_grad)
-        params = list(seen.values())
-        for p in params:
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p in params:
-                p.requires_grad_(True)
-
-    def __repr__(self) -> str:
-        a = self.arch
-        return (f"{type(self).__name__}({a.name}, layers={a.n_layers}, heads={a.n_heads}, d={a.d_model}, "
-                f"device={a.device}, dtype={a.dtype})")
+def mlp_in_callbacks(h: Hooks, layer: int) -> tuple[Callable | None, Callable | None]:
+    """(replace, on_grad) of the ``mlp_in`` site of ``layer`` for :func:`intervene_input`."""
+    replace = (lambda x: h.mlp_in(layer, x)) if h.mlp_in is not None else None
+    on_grad = (lambda g: h.mlp_in_grad(layer, g)) if h.mlp_in_grad is not None else None
+    return replace, on_grad

@@ -1,4 +1,4 @@
-"""Task data and metrics: the contract between task definitions and the patching kernels.
+"""Task data: the contract between task definitions and the kernels (metrics: :mod:`circuittrack.tasks.metrics`).
 
 A task turns (tokenizer, n, seed) into :class:`TaskData`: clean and corrupted prompts of equal token
 length (per example; right-padded across examples), the position whose logits are read, and the answer
@@ -11,6 +11,8 @@ The loss used for attribution is the negated mean metric.
 """
 
 from __future__ import annotations
+
+from circuittrack.errors import InvalidInput
 
 from dataclasses import dataclass, field
 from typing import Literal
@@ -42,10 +44,10 @@ class TaskData:
     def __post_init__(self) -> None:
         n, _ = self.clean.shape
         if self.corrupted.shape != self.clean.shape:
-            raise ValueError(f"{self.task}: clean {tuple(self.clean.shape)} and corrupted "
+            raise InvalidInput(f"{self.task}: clean {tuple(self.clean.shape)} and corrupted "
                              f"{tuple(self.corrupted.shape)} token tensors differ in shape")
         if self.answer_sign.shape != (n, self.answer_tokens.shape[0]):
-            raise ValueError(f"{self.task}: answer_sign must be [n, A] = [{n}, {self.answer_tokens.shape[0]}]")
+            raise InvalidInput(f"{self.task}: answer_sign must be [n, A] = [{n}, {self.answer_tokens.shape[0]}]")
 
     def __len__(self) -> int:
         return self.clean.shape[0]
@@ -71,33 +73,3 @@ class TaskData:
         """Yield consecutive slices of at most ``batch_size`` examples."""
         for s in range(0, len(self), batch_size):
             yield self.slice(s, min(s + batch_size, len(self)))
-
-
-def answer_logits(logits: torch.Tensor, data: TaskData) -> torch.Tensor:
-    """Logits at each example's answer position: [n, P, V] -> [n, V]."""
-    idx = torch.arange(logits.shape[0], device=logits.device)
-    return logits[idx, data.answer_pos.to(logits.device)]
-
-
-def metric_per_example(final_logits: torch.Tensor, data: TaskData) -> torch.Tensor:
-    """The task metric of each example from its answer-position logits [n, V] -> [n] (float32)."""
-    x = final_logits.float()
-    tokens = data.answer_tokens.to(x.device)
-    sign = data.answer_sign.to(x.device, torch.float32)
-    if data.metric_kind == "logit_diff":
-        picked = x[:, tokens]
-    elif data.metric_kind == "prob_diff":
-        picked = torch.softmax(x, dim=-1)[:, tokens]
-    else:  # pragma: no cover - guarded by MetricKind
-        raise ValueError(f"unknown metric kind {data.metric_kind!r}")
-    return (picked * sign).sum(-1)
-
-
-def metric(logits: torch.Tensor, data: TaskData) -> torch.Tensor:
-    """Per-example metric from full logits [n, P, V] -> [n]."""
-    return metric_per_example(answer_logits(logits, data), data)
-
-
-def accuracy(logits: torch.Tensor, data: TaskData) -> float:
-    """Fraction of examples whose metric is positive (right answer beats wrong answer)."""
-    return float((metric(logits, data) > 0).float().mean())

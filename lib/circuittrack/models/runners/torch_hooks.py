@@ -6,8 +6,10 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from .arch import get_arch, get_path, is_wrapped_by_transformer_lens
-from .base import Hooks, Runner, branch_with_grad, intervene_qkv
+from circuittrack.models.arch import get_arch, get_path, is_wrapped_by_transformer_lens
+from circuittrack.models.hooks import Hooks, intervene_input, intervene_qkv, mlp_in_callbacks
+from circuittrack.errors import InvalidInput
+from circuittrack.models.runners.runner import Runner
 
 
 class TorchRunner(Runner):
@@ -17,7 +19,7 @@ class TorchRunner(Runner):
 
     def __init__(self, model: nn.Module):
         if is_wrapped_by_transformer_lens(model):
-            raise ValueError("this model was wrapped in place by a TransformerLens bridge; build the torch/nnsight "
+            raise InvalidInput("this model was wrapped in place by a TransformerLens bridge; build the torch/nnsight "
                              "runner on an unwrapped copy (copy.deepcopy before wrap_transformer_lens)")
         super().__init__(get_arch(model), model)
         a = self.arch
@@ -76,17 +78,11 @@ class TorchRunner(Runner):
     @staticmethod
     def _mlp_in(h: Hooks, l: int, module, args):
         x = args[0]
-        new = h.mlp_in(l, x) if h.mlp_in is not None else None
-        y = x if new is None else new
-        if h.mlp_in_grad is not None:
-            y = branch_with_grad(y, partial(h.mlp_in_grad, l))
+        y = intervene_input(x, *mlp_in_callbacks(h, l))
         return None if y is x else (y, *args[1:])
 
     @staticmethod
     def _final_in(h: Hooks, module, args):
         x = args[0]
-        new = h.final_in(x) if h.final_in is not None else None
-        y = x if new is None else new
-        if h.final_in_grad is not None:
-            y = branch_with_grad(y, h.final_in_grad)
+        y = intervene_input(x, h.final_in, h.final_in_grad)
         return None if y is x else (y, *args[1:])

@@ -21,12 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backends import get_runner
-from .backends.base import Hooks, Runner
-from .graph import Graph
-from .patching import (answer_metric, check_batch_size, check_inputs, device_batches, f32, head_outputs,
+from circuittrack.models.runners import get_runner
+from circuittrack.models.hooks import Hooks
+from circuittrack.models.runners import Runner
+from circuittrack.circuits.graph import Graph
+from circuittrack.circuits.sources import (answer_metric, check_batch_size, check_inputs, device_batches, f32, head_outputs,
                        repeat_data, source_hooks)
-from .tasks.base import TaskData
+from circuittrack.errors import InvalidInput
+from circuittrack.progress import progress_bar
+from circuittrack.tasks.data import TaskData
 
 
 def evaluate_circuits(model, graph: Graph | None, data: TaskData, in_circuit: Tensor, batch_size: int = 32,
@@ -42,14 +45,14 @@ def evaluate_circuits(model, graph: Graph | None, data: TaskData, in_circuit: Te
     if in_circuit.dim() == 2:
         in_circuit = in_circuit[None]
     if in_circuit.dtype != torch.bool or tuple(in_circuit.shape[1:]) != (graph.n_src, graph.n_dst):
-        raise ValueError(f"in_circuit must be a bool tensor [K, {graph.n_src}, {graph.n_dst}], got "
+        raise InvalidInput(f"in_circuit must be a bool tensor [K, {graph.n_src}, {graph.n_dst}], got "
                          f"{in_circuit.dtype} {tuple(in_circuit.shape)}")
     dev = runner.device
     K = in_circuit.shape[0]
     out = torch.zeros(K, len(data), dtype=torch.float32, device=dev)
     mask = graph.edge_mask.to(dev)
-    bar = _bar(progress, math.ceil(len(data) / batch_size) * math.ceil(K / circuit_batch), "evaluate")
-    with torch.no_grad():
+    bar = progress_bar(progress, math.ceil(len(data) / batch_size) * math.ceil(K / circuit_batch), "evaluate")
+    with runner.session(), torch.no_grad():
         start = 0
         for batch in device_batches(data, batch_size, dev):
             corr = record_corrupted(runner, graph, batch.corrupted, batch.answer_pos)
@@ -131,57 +134,16 @@ def _patch_hooks(runner: Runner, graph: Graph, corr: Tensor, patch: Tensor, B: i
     return Hooks(resid0=resid0, attn_in=attn_in, qkv=qkv, z=z, mlp_in=mlp_in, mlp_out=mlp_out, final_in=final_in)
 
 
-def exact_scores(model, graph: Graph | None, data: TaskData, batch_size: int = 32, edge_batch: int | None = None,
-                 backend: str = "transformer_lens", progress: bool = False) -> Tensor:
-    """Exact edge scores [n_src, n_dst] (float32, CPU): L(only that edge corrupted) - L(clean), with
-    L = -mean metric. ``edge_batch`` single-edge circuits run in one forward (default: 512 rows per forward,
-    i.e. ``512 // batch`` circuits); memory per forward ~ 4 * rows * P * n_src * d bytes. Small models only:
-    the cost is about n_edges / edge_batch forwards per example batch."""
-    check_batch_size(batch_size)
-    if edge_batch is not None:
-        check_batch_size(edge_batch)
-    runner = get_runner(backend, model)
-    graph = check_inputs(runner, graph, data)
-    if edge_batch is None:
-        edge_batch = max(1, 512 // min(batch_size, len(data)))
-    dev = runner.device
-    src, dst = (t.to(dev) for t in graph.edge_index)
-    E, n = src.numel(), len(data)
-    delta = torch.zeros(E, dtype=torch.float32, device=dev)
-    bar = _bar(progress, math.ceil(n / batch_size) * math.ceil(E / edge_batch), "exact")
-    with torch.no_grad():
-        for batch in device_batches(data, batch_size, dev):
-            corr = record_corrupted(runner, graph, batch.corrupted, batch.answer_pos)
-            clean = answer_metric(runner.forward(batch.clean, None, batch.answer_pos), batch)  # [B]
-            for e0 in range(0, E, edge_batch):
-                e1 = min(e0 + edge_batch, E)
-                patch = torch.zeros(e1 - e0, graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
-                patch[torch.arange(e1 - e0, device=dev), src[e0:e1], dst[e0:e1]] = 1.0
-                m = patched_metric(runner, graph, batch, corr, patch)  # [k, B]
-                delta[e0:e1] += (clean[None] - m).sum(1)
-                bar.update(1)
-    bar.close()
-    scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
-    scores[src, dst] = delta / n
-    return scores.cpu()
-
-
 def run_metric(model, data: TaskData, which: str = "clean", batch_size: int = 32,
                backend: str = "transformer_lens") -> Tensor:
     """Per-example metric [n] of the unpatched model on the clean or corrupted prompts."""
     if which not in ("clean", "corrupted"):
-        raise ValueError(f"which must be 'clean' or 'corrupted', got {which!r}")
+        raise InvalidInput(f"which must be 'clean' or 'corrupted', got {which!r}")
     check_batch_size(batch_size)
     runner = get_runner(backend, model)
     check_inputs(runner, None, data)
     outs = []
-    with torch.no_grad():
+    with runner.session(), torch.no_grad():
         for batch in device_batches(data, batch_size, runner.device):
             outs.append(answer_metric(runner.forward(getattr(batch, which), None, batch.answer_pos), batch).cpu())
     return torch.cat(outs)
-
-
-def _bar(enabled: bool, total: int, desc: str):
-    from .attribution import _progress
-
-    return _progress(enabled, total, desc)

@@ -6,12 +6,12 @@ tensors that the trace puts back into the model.
 
 from __future__ import annotations
 
-from functools import partial
-
 from torch import Tensor, nn
 
-from .arch import get_arch, get_path, is_wrapped_by_transformer_lens
-from .base import Hooks, Runner, branch_with_grad, intervene_qkv
+from circuittrack.models.arch import get_arch, get_path, is_wrapped_by_transformer_lens
+from circuittrack.models.hooks import Hooks, intervene_input, intervene_qkv, mlp_in_callbacks
+from circuittrack.errors import InvalidInput
+from circuittrack.models.runners.runner import Runner
 
 
 def wrap_nnsight(hf_model: nn.Module, tokenizer=None):
@@ -40,7 +40,7 @@ class NNsightRunner(Runner):
         if not isinstance(hf, nn.Module):
             raise TypeError(f"NNsightRunner needs a HF model or an nnsight model, got {type(model).__name__}")
         if is_wrapped_by_transformer_lens(hf):
-            raise ValueError("this model was wrapped in place by a TransformerLens bridge; build the nnsight runner "
+            raise InvalidInput("this model was wrapped in place by a TransformerLens bridge; build the nnsight runner "
                              "on an unwrapped copy (copy.deepcopy before wrap_transformer_lens)")
         super().__init__(get_arch(hf), hf)
         # A plain NNsight passes token ids straight to the model (no tokenizer-side padding or masks).
@@ -75,10 +75,7 @@ class NNsightRunner(Runner):
                 if h.mlp_in is not None or h.mlp_in_grad is not None:
                     mod = get_path(layer, a.ln2_path)
                     x = mod.input
-                    new = h.mlp_in(l, x) if h.mlp_in is not None else None
-                    y = x if new is None else new
-                    if h.mlp_in_grad is not None:
-                        y = branch_with_grad(y, partial(h.mlp_in_grad, l))
+                    y = intervene_input(x, *mlp_in_callbacks(h, l))
                     if y is not x:
                         mod.input = y
                 if h.mlp_out is not None:
@@ -89,10 +86,7 @@ class NNsightRunner(Runner):
             if h.final_in is not None or h.final_in_grad is not None:
                 mod = get_path(self.nn, a.final_ln_path)
                 x = mod.input
-                new = h.final_in(x) if h.final_in is not None else None
-                y = x if new is None else new
-                if h.final_in_grad is not None:
-                    y = branch_with_grad(y, h.final_in_grad)
+                y = intervene_input(x, h.final_in, h.final_in_grad)
                 if y is not x:
                     mod.input = y
             logits = self.nn.output.logits.save()

@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuittrack.attribution import METHODS, attribute
-from circuittrack.backends import BACKENDS
-from circuittrack.checkpoints import LoadedModel, load_checkpoint, parse_dtype, resolve
-from circuittrack.circuit_size import PAPER_THRESHOLD, SizeResult, find_circuit_size
-from circuittrack.circuits import Circuit
-from circuittrack.evaluation import evaluate_circuits
-from circuittrack.graph import Graph
+from circuittrack.circuits.attribution import METHODS, attribute
+from circuittrack.models.runners import BACKENDS
+from circuittrack.models.checkpoints import LoadedModel, load_checkpoint, resolve
+from circuittrack.models.devices import parse_dtype
+from circuittrack.circuits.faithfulness import PAPER_THRESHOLD
+from circuittrack.circuits.size import PAPER_MAX_SIZE, SizeResult, find_circuit_size
+from circuittrack.circuits.circuit import Circuit
+from circuittrack.circuits.evaluation import evaluate_circuits
+from circuittrack.circuits.graph import Graph
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks import TaskData, get_task
 
 
@@ -46,11 +49,11 @@ class DiscoveryResult:
 def validate(method: str, backend: str, ig_steps: int, dtype: str | torch.dtype | None = None) -> None:
     """Reject bad options before any loading (errors list the valid choices)."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+        raise InvalidInput(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+        raise InvalidInput(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if ig_steps < 1:
-        raise ValueError(f"--ig-steps must be at least 1, got {ig_steps}")
+        raise InvalidInput(f"--ig-steps must be at least 1, got {ig_steps}")
     if dtype is not None:
         parse_dtype(dtype)
 

@@ -12,6 +12,8 @@ blocks; fused ``c_attn`` Conv1D with [3, H, dh] output layout).
 
 from __future__ import annotations
 
+from circuittrack.errors import InvalidInput
+
 from abc import ABC, abstractmethod
 
 import torch
@@ -61,7 +63,7 @@ class ArchAdapter(ABC):
         self.n_heads = int(cfg.num_attention_heads)
         self.d_model = int(cfg.hidden_size)
         if self.d_model % self.n_heads:
-            raise ValueError(f"hidden_size {self.d_model} is not a multiple of num_attention_heads {self.n_heads}")
+            raise InvalidInput(f"hidden_size {self.d_model} is not a multiple of num_attention_heads {self.n_heads}")
         self.d_head = self.d_model // self.n_heads
         self.parallel = self._parallel(cfg)
         layers = get_path(model, self.layers_path)
@@ -73,7 +75,7 @@ class ArchAdapter(ABC):
             for layer in layers
         ]
         if len(self._layers) != self.n_layers:
-            raise ValueError(f"config says {self.n_layers} layers but the model has {len(self._layers)}")
+            raise InvalidInput(f"config says {self.n_layers} layers but the model has {len(self._layers)}")
         self._final_ln = get_path(model, self.final_ln_path)
 
     # ----- sizes -----------------------------------------------------------------------------------
@@ -88,12 +90,6 @@ class ArchAdapter(ABC):
     @property
     def dtype(self) -> torch.dtype:
         return self._layers[0]["ln1"].weight.dtype
-
-    def graph(self):
-        """The :class:`circuittrack.graph.Graph` of this model."""
-        from ..graph import Graph
-
-        return Graph(self.n_layers, self.n_heads, self.parallel)
 
     # ----- weights ---------------------------------------------------------------------------------
     @staticmethod
@@ -203,6 +199,6 @@ def get_arch(model: nn.Module) -> ArchAdapter:
     """The adapter for a Hugging Face causal LM; a clear error for unsupported classes."""
     cls = type(unwrap(model)).__name__
     if cls not in ADAPTERS:
-        raise ValueError(f"unsupported model class {cls!r}; supported: {sorted(ADAPTERS)} "
+        raise InvalidInput(f"unsupported model class {cls!r}; supported: {sorted(ADAPTERS)} "
                          "(add an adapter in circuittrack/backends/arch.py)")
     return ADAPTERS[cls](model)

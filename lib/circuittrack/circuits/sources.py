@@ -10,43 +10,46 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backends.base import Hooks, Runner
-from .graph import Graph
-from .tasks.base import TaskData, metric_per_example
+from circuittrack.models.hooks import Hooks
+from circuittrack.models.runners import Runner
+from circuittrack.circuits.graph import Graph
+from circuittrack.errors import InvalidInput
+from circuittrack.tasks.data import TaskData
+from circuittrack.tasks.metrics import metric_per_example
 
 
 def check_inputs(runner: Runner, graph: Graph | None, data: TaskData) -> Graph:
     """The graph to use (``graph`` or the model's), after checking that model, graph and data fit together."""
     a = runner.arch
-    own = a.graph()
+    own = Graph(a.n_layers, a.n_heads, a.parallel)
     if graph is None:
         graph = own
     else:
         shape = (graph.n_layers, graph.n_heads, graph.parallel_attn_mlp)
         want = (own.n_layers, own.n_heads, own.parallel_attn_mlp)
         if shape != want:
-            raise ValueError(f"graph has (layers, heads, parallel) = {shape} but the model has {want}; "
+            raise InvalidInput(f"graph has (layers, heads, parallel) = {shape} but the model has {want}; "
                              "use Graph.from_config(model.config)")
     if not isinstance(data, TaskData):
         raise TypeError(f"data must be a circuittrack.tasks.base.TaskData, got {type(data).__name__}")
     n, P = data.clean.shape
     if n == 0:
-        raise ValueError(f"{data.task}: no examples")
+        raise InvalidInput(f"{data.task}: no examples")
     vocab = int(a.model.config.vocab_size)
     for name in ("clean", "corrupted"):
         t = getattr(data, name)
         if int(t.min()) < 0 or int(t.max()) >= vocab:
-            raise ValueError(f"{data.task}: {name} token ids must lie in [0, {vocab}) for this model")
+            raise InvalidInput(f"{data.task}: {name} token ids must lie in [0, {vocab}) for this model")
     if int(data.answer_pos.min()) < 0 or int(data.answer_pos.max()) >= P:
-        raise ValueError(f"{data.task}: answer_pos must lie in [0, {P})")
+        raise InvalidInput(f"{data.task}: answer_pos must lie in [0, {P})")
     if int(data.answer_tokens.max()) >= vocab:
-        raise ValueError(f"{data.task}: answer tokens must be < vocab size {vocab}")
+        raise InvalidInput(f"{data.task}: answer tokens must be < vocab size {vocab}")
     return graph
 
 
 def check_batch_size(batch_size: int) -> int:
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InvalidInput(f"batch_size must be a positive int, got {batch_size!r}")
     return batch_size
 
 
@@ -83,7 +86,7 @@ def source_hooks(runner: Runner, graph: Graph, buf: Tensor, sign: float, layout:
     a = runner.arch
     H = a.n_heads
     if layout not in ("bpsd", "sbpd"):
-        raise ValueError(layout)
+        raise InvalidInput(layout)
 
     def write(s0: int, val: Tensor) -> None:  # val [B, P, r, d]
         r = val.shape[2]

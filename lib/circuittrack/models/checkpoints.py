@@ -19,18 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from circuittrack import paths
 from circuittrack.errors import CheckpointUnavailable
-from circuittrack.suites import ModelSpec, get_suite
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+from circuittrack.models.devices import dtype_name, parse_device, parse_dtype
+from circuittrack.models.suites import ModelSpec, get_suite
 
 
 @dataclass
@@ -60,13 +50,13 @@ class LoadedModel:
         """
         import copy
 
-        from circuittrack.backends import wrap_transformer_lens
+        from circuittrack.models.runners.transformer_lens import wrap_transformer_lens
 
         return wrap_transformer_lens(copy.deepcopy(self.model), self.tokenizer)
 
     def nnsight(self):
         """The same weights as an nnsight model."""
-        from circuittrack.backends import wrap_nnsight
+        from circuittrack.models.runners.nnsight import wrap_nnsight
 
         return wrap_nnsight(self.model, self.tokenizer)
 
@@ -78,7 +68,7 @@ class LoadedModel:
             "architecture": cfg.architectures[0] if getattr(cfg, "architectures", None) else type(self.model).__name__,
             "n_params": sum(p.numel() for p in self.model.parameters()),
             "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads, "d_model": cfg.hidden_size,
-            "vocab_size": cfg.vocab_size, "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
+            "vocab_size": cfg.vocab_size, "dtype": dtype_name(self.dtype), "device": str(self.device),
         }
 
 
@@ -118,6 +108,7 @@ def load_checkpoint(suite: str, model: str, checkpoint: int | str = "final", *, 
     """Load ``model`` of ``suite`` at ``checkpoint`` (a step or ``"final"``) onto ``device`` in ``dtype``."""
     spec, step = resolve(suite, model, checkpoint)
     dtype = parse_dtype(dtype)
+    device = parse_device(device)
     if suite == "toy":
         d = toy_checkpoint_dir(spec.name, step, suite_dir)
         if not (d / "config.json").exists():

@@ -1,0 +1,300 @@
+"""Choosing circuits from edge scores: greedy growth, top-n, threshold, dead-node pruning, node sets.
+
+A circuit is a boolean ``in_circuit[n_src, n_dst]`` matrix over the dense edge layout of
+:class:`~circuittrack.graph.Graph`, next to the float32 ``scores[n_src, n_dst]`` it was chosen from.
+
+Selection follows the paper (``apply_greedy(n, absolute=True)`` then ``prune_dead_nodes``): grow from
+``logits``, always adding the candidate edge with the largest |score| whose destination node is already in the
+circuit. :func:`greedy_order` computes the whole greedy sequence once, so the greedy circuit with ``n`` edges is
+the first ``n`` entries for every ``n`` (the circuit-size search builds many sizes from one ordering).
+
+Edges are numbered by their position in ``graph.edge_index`` (row-major over the matrix), the order of
+``graph.edge_names()``; ties in |score| are broken towards the smaller edge number.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from functools import lru_cache
+from typing import Literal
+
+import torch
+
+from circuittrack.errors import InvalidInput
+from circuittrack.circuits.graph import Graph
+
+# ----- node bookkeeping -------------------------------------------------------------------------------------
+# Nodes are numbered like sources (input = 0, heads and MLPs by their row), with logits = n_src.
+
+
+@lru_cache(maxsize=64)
+def _dst_node_cpu(graph: Graph) -> torch.Tensor:
+    """[n_dst] long: the node number of each destination column (q/k/v of a head map to the head's row)."""
+    idx = torch.empty(graph.n_dst, dtype=torch.long)
+    for l in range(graph.n_layers):
+        for h in range(graph.n_heads):
+            for t in ("q", "k", "v"):
+                idx[graph.dst_head(l, h, t)] = graph.src_head(l, h)
+        idx[graph.dst_mlp(l)] = graph.src_mlp(l)
+    idx[graph.dst_logits] = graph.n_src
+    return idx
+
+
+def dst_node_index(graph: Graph, device: torch.device | str | None = None) -> torch.Tensor:
+    """[n_dst] long: node number of each destination column; nodes are source rows, and logits is ``n_src``."""
+    return _dst_node_cpu(graph).to(device or "cpu")
+
+
+def node_names(graph: Graph) -> list[str]:
+    """Names of all nodes by node number: the source names, then ``logits``."""
+    return list(graph.src_names) + ["logits"]
+
+
+@lru_cache(maxsize=16)
+def edge_numbers(graph: Graph) -> dict[str, int]:
+    """Edge name -> edge number (position in ``graph.edge_names()``)."""
+    return {name: i for i, name in enumerate(graph.edge_names())}
+
+
+def edge_flat_index(graph: Graph) -> torch.Tensor:
+    """[E] long: flat matrix index ``src * n_dst + dst`` of each edge, in edge-number order."""
+    src, dst = graph.edge_index
+    return src * graph.n_dst + dst
+
+
+def check_scores(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
+    """Validate a [n_src, n_dst] score matrix; return its values on the real edges as float32 [E] (CPU)."""
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"scores must be a torch.Tensor [n_src, n_dst], got {type(scores).__name__}")
+    shape = (graph.n_src, graph.n_dst)
+    if tuple(scores.shape) != shape:
+        raise InvalidInput(f"scores must have shape [n_src, n_dst] = {list(shape)} for this graph, "
+                         f"got {list(scores.shape)}")
+    values = scores.detach().to("cpu", torch.float32).reshape(-1)[edge_flat_index(graph)]
+    if not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise InvalidInput(f"scores contain {bad} non-finite values (NaN/inf) on real edges; "
+                         "recompute the attribution (e.g. in float32)")
+    return values
+
+
+def check_masks(graph: Graph, in_circuit: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """View a bool [..., n_src, n_dst] mask as [B, n_src, n_dst]; checks shape, dtype and that it marks only edges."""
+    if not isinstance(in_circuit, torch.Tensor) or in_circuit.dtype != torch.bool:
+        raise TypeError("in_circuit must be a bool torch.Tensor [..., n_src, n_dst]")
+    shape = (graph.n_src, graph.n_dst)
+    if in_circuit.dim() < 2 or tuple(in_circuit.shape[-2:]) != shape:
+        raise InvalidInput(f"in_circuit must end in [n_src, n_dst] = {list(shape)}, got {list(in_circuit.shape)}")
+    batch = in_circuit.reshape(-1, *shape)
+    if check and (batch & ~graph.edge_mask.to(batch.device)).any():
+        raise InvalidInput("in_circuit marks entries that are not edges of the graph (see graph.edge_mask)")
+    return batch, tuple(in_circuit.shape)
+
+
+# ----- selection ---------------------------------------------------------------------------------------------
+
+
+def greedy_order(graph: Graph, scores: torch.Tensor, absolute: bool = True,
+                 limit: int | None = None) -> torch.Tensor:
+    """Order in which greedy growth from ``logits`` adds the edges; returns long [E] (or [limit]) edge numbers.
+
+    Rule: start with the node set {logits}; repeatedly add the not-yet-chosen edge with the largest key
+    (|score|, or the signed score when ``absolute=False``) among the edges whose destination node is in the set,
+    ties to the smaller edge number; if the edge's source node is new, it joins the set, which makes all of its
+    incoming edges (for a head: those of q, k and v) candidates. The greedy circuit with n edges is ``order[:n]``.
+
+    Each node's incoming edges are sorted once (vectorised), so the heap holds one entry per node in the circuit
+    (a k-way merge): O(E log N) with N nodes.
+    """
+    key = check_scores(graph, scores)
+    if not absolute:
+        key = key + 0.0  # turns -0.0 into 0.0 so that zero keys tie exactly
+    else:
+        key = key.abs()
+    E = graph.n_edges
+    limit = E if limit is None else int(limit)
+    if not 0 <= limit <= E:
+        raise InvalidInput(f"limit must be in [0, {E}] (the number of edges), got {limit}")
+    src, dst = graph.edge_index
+    node_of_dst = _dst_node_cpu(graph)[dst]  # [E] destination node of each edge
+    # Sort by (destination node, -key, edge number): stable sorts over the edge-number order.
+    by_key = torch.sort(key, descending=True, stable=True).indices
+    perm = by_key[torch.sort(node_of_dst[by_key], stable=True).indices]
+    n_nodes = graph.n_src + 1
+    counts = torch.bincount(node_of_dst, minlength=n_nodes)
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    ends = torch.cumsum(counts, 0).tolist()
+    neg_key = (-key[perm]).tolist()
+    edge_at = perm.tolist()
+    src_of = src.tolist()
+
+    logits = graph.n_src
+    in_set = [False] * n_nodes
+    in_set[logits] = True
+    p0 = starts[logits]
+    heap = [(neg_key[p0], edge_at[p0], p0, logits)]  # (-key, edge, position in sorted list, node)
+    out: list[int] = []
+    while heap and len(out) < limit:
+        _, e, p, v = heap[0]
+        out.append(e)
+        if p + 1 < ends[v]:
+            heapq.heapreplace(heap, (neg_key[p + 1], edge_at[p + 1], p + 1, v))
+        else:
+            heapq.heappop(heap)
+        u = src_of[e]
+        if not in_set[u]:
+            in_set[u] = True
+            if starts[u] < ends[u]:
+                q = starts[u]
+                heapq.heappush(heap, (neg_key[q], edge_at[q], q, u))
+    assert len(out) == limit, "every node has an edge to logits, so greedy reaches every edge"
+    return torch.tensor(out, dtype=torch.long)
+
+
+def edge_ranks(graph: Graph, order: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """[n_src, n_dst] long: position of each edge in ``order``; entries not in ``order`` (and non-edges) get E+1.
+
+    ``edge_ranks(...) < n`` is the mask of the first n edges of the order.
+    """
+    E = graph.n_edges
+    ranks = torch.full((graph.n_src * graph.n_dst,), E + 1, dtype=torch.long)
+    ranks[edge_flat_index(graph)[order]] = torch.arange(len(order))
+    return ranks.view(graph.n_src, graph.n_dst).to(device or "cpu")
+
+
+def prefix_masks(graph: Graph, order: torch.Tensor, sizes, device: torch.device | str | None = None,
+                 ranks: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [K, n_src, n_dst]: the first ``n`` edges of ``order`` for each n in ``sizes``.
+
+    Pass ``ranks = edge_ranks(graph, order, device)`` when calling repeatedly with the same order.
+    """
+    sizes_t = torch.as_tensor(list(sizes), dtype=torch.long)
+    if len(sizes_t) and (sizes_t.min() < 0 or sizes_t.max() > len(order)):
+        raise InvalidInput(f"sizes must lie in [0, {len(order)}] (the length of the order), got {sizes_t.tolist()}")
+    if ranks is None:
+        ranks = edge_ranks(graph, order, device)
+    return ranks.unsqueeze(0) < sizes_t.to(ranks.device).view(-1, 1, 1)
+
+
+def greedy(graph: Graph, scores: torch.Tensor, n: int, absolute: bool = True, prune: bool = True) -> torch.Tensor:
+    """bool [n_src, n_dst]: the greedy circuit of ``n`` edges (the paper's ``apply_greedy``), pruned by default."""
+    _check_n(graph, n)
+    order = greedy_order(graph, scores, absolute=absolute, limit=n)
+    mask = prefix_masks(graph, order, [n], device=scores.device)[0]
+    return prune_dead_nodes(graph, mask) if prune else mask
+
+
+def top_n(graph: Graph, scores: torch.Tensor, n: int, absolute: bool = True) -> torch.Tensor:
+    """bool [n_src, n_dst]: the ``n`` edges with the largest |score| (ties to the smaller edge number)."""
+    _check_n(graph, n)
+    key = check_scores(graph, scores)
+    key = key.abs() if absolute else key
+    chosen = torch.sort(key, descending=True, stable=True).indices[:n]
+    mask = torch.zeros(graph.n_src * graph.n_dst, dtype=torch.bool)
+    mask[edge_flat_index(graph)[chosen]] = True
+    return mask.view(graph.n_src, graph.n_dst).to(scores.device)
+
+
+def threshold(graph: Graph, scores: torch.Tensor, t: float, absolute: bool = True) -> torch.Tensor:
+    """bool [n_src, n_dst]: the edges with |score| >= t."""
+    if not math.isfinite(float(t)):
+        raise InvalidInput(f"threshold must be a finite number, got {t}")
+    check_scores(graph, scores)
+    key = scores.abs() if absolute else scores
+    return (key >= t) & graph.edge_mask.to(scores.device)
+
+
+def select(graph: Graph, scores: torch.Tensor, method: Literal["greedy", "top_n", "threshold"] = "greedy",
+           n: int | None = None, t: float | None = None, absolute: bool = True, prune: bool = True) -> torch.Tensor:
+    """bool [n_src, n_dst]: choose a circuit by ``method`` (``greedy``/``top_n`` need ``n``, ``threshold`` needs
+    ``t``), then prune dead nodes unless ``prune=False``."""
+    if method in ("greedy", "top_n"):
+        if n is None:
+            raise InvalidInput(f"method {method!r} needs n (the number of edges)")
+        mask = (greedy(graph, scores, n, absolute, prune=False) if method == "greedy"
+                else top_n(graph, scores, n, absolute))
+    elif method == "threshold":
+        if t is None:
+            raise InvalidInput("method 'threshold' needs t (the minimum |score|)")
+        mask = threshold(graph, scores, t, absolute)
+    else:
+        raise InvalidInput(f"unknown selection method {method!r}; use 'greedy', 'top_n' or 'threshold'")
+    return prune_dead_nodes(graph, mask) if prune else mask
+
+
+def _check_n(graph: Graph, n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= graph.n_edges:
+        raise InvalidInput(f"n must be an int in [0, {graph.n_edges}] (the number of edges), got {n!r}")
+
+
+# ----- pruning and nodes -------------------------------------------------------------------------------------
+
+
+def prune_dead_nodes(graph: Graph, in_circuit: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    """Remove edges that lie on no in-circuit path ``input -> ... -> logits``; bool [..., n_src, n_dst] -> same.
+
+    An edge u->v is kept iff u is reached from ``input`` through in-circuit edges (``input`` always is; a head
+    is reached when any of its q/k/v inputs has an in-circuit edge from a reached node) and v's node has an
+    in-circuit path to ``logits``. Both reachabilities are computed in one pass each in topological order (layer
+    by layer, heads before the MLP), which gives the fixed point of repeatedly deleting parentless and childless
+    nodes' edges: every kept edge lies on a kept path, so deleting edges changes neither reachability.
+    Batched over leading dimensions (the size search prunes K circuits at once); runs on the mask's device.
+    ``check=False`` skips validating the mask (for masks built from the graph's own edges, e.g. greedy prefixes).
+    """
+    m, shape = check_masks(graph, in_circuit, check)
+    return _prune(graph, m).view(shape)
+
+
+def _prune(graph: Graph, m: torch.Tensor) -> torch.Tensor:
+    """:func:`prune_dead_nodes` on a checked batch m: bool [B, n_src, n_dst]."""
+    B, S, H = m.shape[0], graph.n_src, graph.n_heads
+    dev = m.device
+    node = dst_node_index(graph, dev)
+
+    reached = torch.zeros(B, S, dtype=torch.bool, device=dev)
+    reached[:, 0] = True
+    for l in range(graph.n_layers):
+        r, c0, s0 = graph.n_src_before_layer(l), graph.dst_head(l, 0, "q"), graph.src_head(l, 0)
+        hit = (m[:, :r, c0:c0 + 3 * H] & reached[:, :r, None]).any(1)  # [B, 3H]
+        reached[:, s0:s0 + H] = hit.view(B, 3, H).any(1)
+        rm = graph.n_src_into_mlp(l)
+        reached[:, graph.src_mlp(l)] = (m[:, :rm, graph.dst_mlp(l)] & reached[:, :rm]).any(1)
+
+    alive = torch.zeros(B, S + 1, dtype=torch.bool, device=dev)  # has an in-circuit path to logits
+    alive[:, S] = True
+    for l in reversed(range(graph.n_layers)):
+        sm = graph.src_mlp(l)
+        alive[:, sm] = (m[:, sm, :] & alive[:, node]).any(-1)
+        s0 = graph.src_head(l, 0)
+        alive[:, s0:s0 + H] = (m[:, s0:s0 + H, :] & alive[:, node].unsqueeze(1)).any(-1)
+
+    return m & reached.unsqueeze(2) & alive[:, node].unsqueeze(1)
+
+
+def node_mask(graph: Graph, in_circuit: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    """bool [..., n_src + 1]: nodes touched by in-circuit edges, by node number (see :func:`node_names`)."""
+    m, shape = check_masks(graph, in_circuit, check)
+    return _node_mask(graph, m).view(*shape[:-2], graph.n_src + 1)
+
+
+def _node_mask(graph: Graph, m: torch.Tensor) -> torch.Tensor:
+    """:func:`node_mask` on a checked batch m: bool [B, n_src, n_dst] -> [B, n_src + 1]."""
+    B, S = m.shape[0], graph.n_src
+    touched = torch.zeros(B, S + 1, dtype=torch.long, device=m.device)
+    touched[:, :S] += m.any(-1).long()
+    touched.index_add_(1, dst_node_index(graph, m.device), m.any(-2).long())
+    return touched > 0
+
+
+def count_nodes(graph: Graph, in_circuit: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    """long [...]: number of nodes touched by in-circuit edges."""
+    return node_mask(graph, in_circuit, check=check).sum(-1)
+
+
+def circuit_nodes(graph: Graph, in_circuit: torch.Tensor) -> list[str]:
+    """Names of the nodes touched by the edges of one circuit [n_src, n_dst], in topological order."""
+    if in_circuit.dim() != 2:
+        raise InvalidInput("circuit_nodes takes a single circuit [n_src, n_dst]")
+    names = node_names(graph)
+    return [names[i] for i in node_mask(graph, in_circuit).nonzero().flatten().tolist()]

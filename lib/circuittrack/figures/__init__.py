@@ -1,0 +1,1 @@
+"""The book's chart theme and figure builders: filled by the next issues."""

@@ -1,0 +1,93 @@
+"""Runners: the same Hugging Face weights driven through TransformerLens, nnsight or plain PyTorch hooks.
+
+:func:`get_runner` gives the kernel-side :class:`~circuittrack.models.runners.runner.Runner` that the
+attribution and evaluation kernels are written against. It never changes the model it is given: a model on
+another device or dtype than asked for is converted as a copy, and the TransformerLens bridge (which rewires
+the modules it wraps) wraps a private copy. Copies are cached per model, keyed weakly, and rebuilt when the
+model's weights change in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+
+import torch
+from torch import nn
+
+from circuittrack.errors import InvalidInput, choices
+from circuittrack.models.runners.nnsight import NNsightRunner
+from circuittrack.models.runners.runner import Runner
+from circuittrack.models.runners.torch_hooks import TorchRunner
+from circuittrack.models.runners.transformer_lens import TransformerLensRunner
+
+BACKENDS = ("torch", "nnsight", "transformer_lens")
+#: Plain PyTorch hooks: the fastest backend in ``make bench`` (see docs/architecture.md), with identical scores.
+DEFAULT_BACKEND = "torch"
+_RUNNERS = {"transformer_lens": TransformerLensRunner, "nnsight": NNsightRunner, "torch": TorchRunner}
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> {key: (fingerprint, runner)}
+
+
+def check_backend(backend: str) -> str:
+    if backend not in _RUNNERS:
+        raise InvalidInput(f"unknown backend {backend!r}; valid backends: {choices(BACKENDS)}")
+    return backend
+
+
+def get_runner(backend: str, model, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> Runner:
+    """The runner of ``model`` (a HF causal LM, a ``TransformerBridge``, an nnsight model, or a Runner, returned
+    as is) on ``backend`` in :data:`BACKENDS`, running on ``device`` in ``dtype`` (default: the model's own).
+
+    The model is never moved, cast or rewired: where that would be needed, the runner works on a cached copy.
+    """
+    if isinstance(model, Runner):
+        return model
+    check_backend(backend)
+    hf = underlying_hf(model)
+    first = next(hf.parameters(), None)
+    if first is None:
+        raise InvalidInput(f"{type(hf).__name__} has no parameters; pass a causal language model")
+    want_dev = torch.device(device) if device is not None else first.device
+    want_dtype = dtype if dtype is not None else first.dtype
+    if want_dev.type == "cuda" and want_dev.index is None:
+        want_dev = torch.device("cuda", torch.cuda.current_device())
+    same = first.device == want_dev and first.dtype == want_dtype
+    if same and (backend != "transformer_lens" or hf is not model):
+        # a bridge or nnsight object the user built runs as it is; a plain HF model on torch/nnsight too
+        return _RUNNERS[backend](model if backend != "torch" else hf)
+    key = (backend, str(want_dev), str(want_dtype))
+    cache = _COPIES.setdefault(hf, {})
+    stamp = _fingerprint(hf)
+    if key in cache and cache[key][0] == stamp:
+        return cache[key][1]
+    if same:  # transformer_lens over the caller's model: the runner wraps its own copy
+        runner = TransformerLensRunner(hf)
+    else:
+        private = copy.deepcopy(hf).to(device=want_dev, dtype=want_dtype)
+        runner = (TransformerLensRunner(private, copy_model=False) if backend == "transformer_lens"
+                  else _RUNNERS[backend](private))
+    cache[key] = (stamp, runner)
+    return runner
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """Changes whenever a parameter is replaced or modified in place (torch bumps ``_version``)."""
+    return tuple((id(p), p._version, p.device, p.dtype) for p in model.parameters())
+
+
+def underlying_hf(model) -> nn.Module:
+    """The Hugging Face module under a TransformerLens bridge or an nnsight wrapper (or the model itself)."""
+    mod = type(model).__module__
+    if mod.startswith("transformer_lens"):
+        return model.original_model
+    if mod.startswith("nnsight"):
+        return model._module
+    if not isinstance(model, nn.Module):
+        raise InvalidInput(f"expected a Hugging Face model, a TransformerBridge or an nnsight model, "
+                           f"got {type(model).__name__}")
+    return model
+
+
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "NNsightRunner", "Runner", "TorchRunner", "TransformerLensRunner",
+           "check_backend", "get_runner", "underlying_hf"]
