@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from circuittrack.models.runners import get_runner
-from circuittrack.circuits.evaluation import evaluate_circuits, run_metric
+import dataclasses
+
+from circuittrack.circuits.evaluation import (CIRCUIT, COMPLEMENT, _PatchedPass, choose_forms, evaluate_circuits,
+                                          patched_metric, record_corrupted, run_metric)
+from circuittrack.circuits.attribution import attribute
+from circuittrack.errors import OutOfMemory
 from circuittrack.circuits.graph import Graph
 from circuittrack.tasks.metrics import metric
 from conftest import make_task
@@ -154,3 +159,112 @@ def test_bad_circuit_shape(neox_parallel):
         evaluate_circuits(runner, graph, data, graph.edge_mask.float())
     with pytest.raises(ValueError, match="which"):
         run_metric(runner, data, "both")
+
+
+def sparse_and_dense_circuits(graph: Graph, seed: int) -> torch.Tensor:
+    """Circuits from a handful of edges (circuit form) to nearly all edges (complement form)."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(5, graph.n_src, graph.n_dst, generator=g) < torch.tensor([0.01, 0.05, 0.3, 0.7, 0.97])[:, None, None]
+    return keep & graph.edge_mask
+
+
+def test_both_forms_equal_the_literal_reference(any_model):
+    """Circuit form (corrupted input + the circuit's own edges) and complement form (current input - the patched
+    edges) each match the literal per-edge implementation, for sparse and dense circuits alike."""
+    data = make_task(seed=14)
+    graph = Graph.from_config(any_model.config)
+    circuits = sparse_and_dense_circuits(graph, seed=3)
+    ref = torch.stack([literal_patched_metric(copy.deepcopy(any_model), graph, data, c) for c in circuits])
+    runner = get_runner("torch", copy.deepcopy(any_model))
+    patched = ~circuits & graph.edge_mask
+    assert choose_forms(circuits, patched).tolist() == [True, True, True, False, False]
+    with torch.no_grad():
+        run = record_corrupted(runner, graph, data, torch.arange(graph.n_src))
+        as_circuits = patched_metric(runner, graph, data, run, circuits, CIRCUIT)
+        as_complements = patched_metric(runner, graph, data, run, patched, COMPLEMENT)
+    assert torch.allclose(as_circuits, ref, atol=1e-5, rtol=0)
+    assert torch.allclose(as_complements, ref, atol=1e-5, rtol=0)
+    assert torch.allclose(evaluate_circuits(runner, graph, data, circuits, batch_size=4, circuit_batch=2), ref,
+                          atol=1e-5, rtol=0)
+
+
+def test_a_small_circuit_records_and_differences_only_its_own_sources():
+    """Memory scales with the circuit: a few-edge circuit on a 6-layer, 8-head model keeps differences only for
+    the sources its edges leave from, not for all 55 sources."""
+    from conftest import make_neox
+
+    model = make_neox(n_layers=6, n_heads=8, d=32)
+    graph = Graph.from_config(model.config)
+    data = make_task(seed=15)
+    names = ["a0.h3->a2.h1<v>", "a2.h1->m4", "m4->logits", "input->a0.h3<q>"]
+    circuit = torch.zeros(1, graph.n_src, graph.n_dst, dtype=torch.bool)
+    for name in names:
+        circuit[(0, *graph.parse_edge(name))] = True
+    runner = get_runner("torch", model)
+    run = record_corrupted(runner, graph, data, circuit.any(-1).any(0).nonzero().flatten())
+    patch = _PatchedPass(runner, graph, run, circuit, CIRCUIT, *data.clean.shape)
+    assert run.sources.shape[0] == patch.delta.shape[1] == 4 < graph.n_src  # input, a0.h3, a2.h1, m4
+    ref = literal_patched_metric(copy.deepcopy(model), graph, data, circuit[0])
+    assert torch.allclose(evaluate_circuits(runner, graph, data, circuit)[0], ref, atol=1e-5, rtol=0)
+
+
+def test_misread_data_is_refused(neox_parallel):
+    """Without an attention mask the kernels are right only for right-padded prompts read at their last real
+    token: an answer position elsewhere, or left padding, is refused with a message saying what to do."""
+    data = make_task(seed=16)
+    circuits = graph_full = Graph.from_config(neox_parallel.config).edge_mask
+    elsewhere = dataclasses.replace(data, answer_pos=data.answer_pos.clone().fill_(2))
+    with pytest.raises(ValueError, match="last real token"):
+        evaluate_circuits(neox_parallel, None, elsewhere, circuits)
+    with pytest.raises(ValueError, match="last real token"):
+        attribute(neox_parallel, None, elsewhere, "eap", progress=False)
+    n, P = data.clean.shape
+    left = data.clean.clone()
+    for i in range(n):  # move each prompt to the right end, pads (0) in front
+        L = int(data.lengths[i])
+        left[i] = torch.cat([torch.zeros(P - L, dtype=torch.long), data.clean[i, :L]])
+    left_data = dataclasses.replace(data, clean=left, corrupted=left.clone(), lengths=torch.full((n,), P),
+                                    answer_pos=torch.full((n,), P - 1))
+    with pytest.raises(ValueError, match="left-padded"):
+        evaluate_circuits(neox_parallel, None, left_data, graph_full)
+    # A shared prefix token equal to the pad id (e.g. an end-of-text BOS) is not padding.
+    bos = dataclasses.replace(data, clean=torch.cat([torch.zeros(n, 1, dtype=torch.long), data.clean], 1),
+                              corrupted=torch.cat([torch.zeros(n, 1, dtype=torch.long), data.corrupted], 1),
+                              lengths=data.lengths + 1, answer_pos=data.answer_pos + 1)
+    assert evaluate_circuits(neox_parallel, None, bos, graph_full).shape == (1, n)
+
+
+class ShortOfMemory:
+    """A runner whose passes raise an out-of-memory error above ``max_rows`` sequences."""
+
+    def __init__(self, runner, max_rows: int):
+        self.runner, self.max_rows, self.sizes = runner, max_rows, []
+
+    def __call__(self, ids, hooks=None, positions=None):
+        self.sizes.append(ids.shape[0])
+        if ids.shape[0] > self.max_rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.forward(ids, hooks, positions)
+
+
+def test_out_of_memory_halves_and_retries_then_fails_clearly(neox_parallel, monkeypatch, capsys):
+    """An out-of-memory error halves circuits, then examples, and retries; the result is the same as with
+    sizes that fit; at 1 example x 1 circuit it becomes one clear OutOfMemory error."""
+    data = make_task(seed=17, n=8)
+    graph = Graph.from_config(neox_parallel.config)
+    circuits = random_circuits(graph, 4, seed=5)
+    runner = get_runner("torch", copy.deepcopy(neox_parallel))
+    ref = evaluate_circuits(runner, graph, data, circuits, batch_size=2, circuit_batch=1)
+    short = ShortOfMemory(runner, max_rows=2)
+    short.forward = runner.forward
+    monkeypatch.setattr(runner, "forward", short)
+    got = evaluate_circuits(runner, graph, data, circuits, batch_size=8, circuit_batch=4)
+    assert torch.allclose(got, ref, atol=1e-6, rtol=0)
+    assert max(short.sizes) > 2 and "retrying with 4 x 1" in capsys.readouterr().err
+    scores_ref = attribute(copy.deepcopy(neox_parallel), graph, data, "eap-ig-inputs", ig_steps=3, batch_size=2,
+                           progress=False)
+    scores = attribute(runner, graph, data, "eap-ig-inputs", ig_steps=3, batch_size=8, progress=False)
+    assert torch.allclose(scores, scores_ref, atol=1e-6, rtol=1e-5)
+    short.max_rows = 0
+    with pytest.raises(OutOfMemory, match="even with one example and one circuit"):
+        evaluate_circuits(runner, graph, data, circuits, batch_size=8, circuit_batch=4)

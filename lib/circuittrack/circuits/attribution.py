@@ -56,13 +56,13 @@ import math
 import torch
 from torch import Tensor
 
-from circuittrack.models.runners import get_runner
+from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
 from circuittrack.models.hooks import Hooks, merge_hooks
-from circuittrack.models.runners import Runner
 from circuittrack.circuits.exact import exact_scores
 from circuittrack.circuits.graph import Graph
-from circuittrack.circuits.sources import answer_metric, check_batch_size, check_inputs, device_batches, f32, source_hooks
-from circuittrack.errors import InvalidInput
+from circuittrack.circuits.memory import check_size, oom_retry, plan_attribution
+from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, source_hooks
+from circuittrack.errors import InvalidInput, choices
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
 
@@ -70,37 +70,47 @@ METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exa
 
 
 def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-inputs", ig_steps: int = 30,
-              batch_size: int = 32, backend: str = "transformer_lens", device: torch.device | str | None = None,
-              dtype: torch.dtype | None = None, progress: bool = True, edge_batch: int | None = None) -> Tensor:
+              batch_size: int | str = "auto", backend: str = DEFAULT_BACKEND,
+              device: torch.device | str | None = None, dtype: torch.dtype | None = None, progress: bool = True,
+              edge_batch: int | None = None) -> Tensor:
     """Edge scores [n_src, n_dst] (float32, CPU; zero where ``graph.edge_mask`` is False).
 
     ``model``: a HF causal LM, a ``TransformerBridge``, an nnsight model or a
-    :class:`~circuittrack.backends.base.Runner`; ``backend`` picks the runner for the first three.
-    ``device``/``dtype`` move/cast the model in place first (see :func:`circuittrack.backends.get_runner`).
+    :class:`~circuittrack.models.runners.runner.Runner`; ``backend`` picks the runner for the first three.
+    ``device``/``dtype`` run the model there, on a copy (the caller's model is never moved or cast): in bfloat16
+    the passes run in bf16 and every score is accumulated in float32.
     ``graph=None`` uses the model's own graph. ``ig_steps`` (m) is used by the two IG methods only.
-    ``edge_batch``: single-edge circuits per forward (``exact``; see :func:`circuittrack.evaluation.exact_scores`).
+    ``batch_size``: examples per batch, or ``"auto"`` (32, less when memory is short; see
+    :mod:`circuittrack.circuits.memory`); on out-of-memory it is halved and the call retried.
+    ``edge_batch``: single-edge patches per forward (``exact``; see :func:`circuittrack.circuits.exact.exact_scores`).
 
     Memory per batch: one forward/backward's activations (parameters frozen, answer-position logits only)
     plus 4 * B * P * d * (n_src + 4 L + 1) bytes of float32 state (AD and the gradient accumulators).
     """
     if method not in METHODS:
-        raise InvalidInput(f"unknown method {method!r}; choose one of {METHODS}")
-    if not isinstance(ig_steps, int) or ig_steps < 1:
+        raise InvalidInput(f"unknown method {method!r}; valid methods: {choices(METHODS)}")
+    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
         raise InvalidInput(f"ig_steps must be a positive int, got {ig_steps!r}")
-    check_batch_size(batch_size)
+    check_size("batch_size", batch_size)
     runner = get_runner(backend, model, device=device, dtype=dtype)
     graph = check_inputs(runner, graph, data)
     if method == "exact":
-        return exact_scores(runner, graph, data, batch_size=batch_size, edge_batch=edge_batch, progress=progress)
+        size = 32 if batch_size == "auto" else batch_size
+        return exact_scores(runner, graph, data, batch_size=size, edge_batch=edge_batch, progress=progress)
+    plan = plan_attribution(runner, graph, data, batch_size)
+    return oom_retry(lambda b: _attribute(runner, graph, data, method, ig_steps, b.examples, progress), plan,
+                     f"{method} attribution", runner.device)
 
+
+def _attribute(runner: Runner, graph: Graph, data: TaskData, method: str, m: int, batch_size: int,
+               progress: bool) -> Tensor:
     n = len(data)
     dev = runner.device
     scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
-    n_batches = math.ceil(n / batch_size)
-    bar = progress_bar(progress, n_batches, f"{method} ({runner.backend})", unit="batch")
+    bar = progress_bar(progress, math.ceil(n / batch_size), f"{method} ({runner.backend})", unit="batch")
     with runner.session():
         for batch in device_batches(data, batch_size, dev):
-            _BATCH_METHODS[method](runner, graph, batch, n, ig_steps, scores)
+            _BATCH_METHODS[method](runner, graph, batch, n, m, scores)
             bar.update(1)
     bar.close()
     return (scores * graph.edge_mask.to(dev)).cpu()
@@ -111,7 +121,7 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
 def _eap(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
     acc = _EdgeGrads(runner, graph, batch)
     with runner.session(), torch.no_grad():
-        runner.forward(batch.corrupted, source_hooks(runner, graph, acc.AD, +1.0, "bpsd"), batch.answer_pos)
+        runner.forward(batch.corrupted, source_hooks(runner, graph, acc.AD, +1.0), batch.answer_pos)
     acc.grad_pass(batch, batch.clean, n, record_sign=-1.0)
     acc.contract(scores, scale=1.0)
 
@@ -126,7 +136,7 @@ def _ig_inputs(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, sc
         return fn
 
     with runner.session(), torch.no_grad():
-        runner.forward(batch.clean, merge_hooks(source_hooks(runner, graph, acc.AD, -1.0, "bpsd"),
+        runner.forward(batch.clean, merge_hooks(source_hooks(runner, graph, acc.AD, -1.0),
                                                 Hooks(resid0=keep("clean"))), batch.answer_pos)
     # t = 1: the corrupted tokens themselves (also records the corrupted sources, completing AD)
     acc.grad_pass(batch, batch.corrupted, n, record_sign=+1.0, extra=Hooks(resid0=keep("corrupted")))
@@ -141,7 +151,7 @@ def _ig_inputs(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, sc
 def _clean_corrupted(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
     acc = _EdgeGrads(runner, graph, batch)
     with runner.session(), torch.no_grad():
-        runner.forward(batch.clean, source_hooks(runner, graph, acc.AD, -1.0, "bpsd"), batch.answer_pos)
+        runner.forward(batch.clean, source_hooks(runner, graph, acc.AD, -1.0), batch.answer_pos)
     acc.grad_pass(batch, batch.corrupted, n, record_sign=+1.0)
     acc.grad_pass(batch, batch.clean, n)
     acc.contract(scores, scale=0.5)
@@ -159,7 +169,7 @@ def _ig_activations(runner: Runner, graph: Graph, batch: TaskData, n: int, m: in
 
     with runner.session(), torch.no_grad():
         for name, ids, sign in (("clean", batch.clean, -1.0), ("corrupted", batch.corrupted, +1.0)):
-            runner.forward(ids, merge_hooks(source_hooks(runner, graph, acc.AD, sign, "bpsd"), keep(acts[name])),
+            runner.forward(ids, merge_hooks(source_hooks(runner, graph, acc.AD, sign), keep(acts[name])),
                            batch.answer_pos)
     H = a.n_heads
     groups = [("input", (0, 1))]
@@ -258,7 +268,7 @@ class _EdgeGrads:
         """Forward ``ids`` (optionally with the residual entering layer 0 replaced), backprop L, accumulate."""
         hooks = [self.hooks()]
         if record_sign is not None:
-            hooks.insert(0, source_hooks(self.runner, self.graph, self.AD, record_sign, "bpsd"))
+            hooks.insert(0, source_hooks(self.runner, self.graph, self.AD, record_sign))
         if extra is not None:
             hooks.append(extra)
         leaves: list[Tensor] = [] if leaf is None else [leaf]

@@ -1,149 +1,304 @@
-"""Circuit evaluation by patching and exact edge scores (faithfulness ratios: :mod:`circuittrack.circuit_size`).
+"""Circuit evaluation by patching: the task metric of the model when only a circuit's edges carry clean values.
 
 A circuit is a boolean [n_src, n_dst] edge set. Evaluating it runs the *clean* input while every edge outside
-the circuit carries its value from the *corrupted* run (the paper's ``evaluate_graph``): the input of
-destination v becomes::
+the circuit carries its value from the *corrupted* run (the paper's ``evaluate_graph``). The input of a
+destination v (a head's q, k or v input, an MLP input, the logits' input) is written in one of two equal forms:
 
-    actual residual + sum over sources u with (u->v) not in the circuit of (corrupted_u - current_u)
+* circuit form, for circuits with few source nodes::
 
-Corrupted source outputs are recorded once per example batch. For a head destination this is done per head
-and per q/k/v: the per-head inputs [K, H, B, P, d] go through that head's LayerNorm and its slice of the
-projection, and the projection output is replaced. K circuits are evaluated in one forward by replicating
-the batch K times (circuit-major); the per-destination sums are one batched matmul per site, no loop over
-edges. Invariants: the empty circuit reproduces the corrupted run, the full circuit the clean run.
+      corrupted run's input at v + sum over circuit edges (u->v) of (current_u - corrupted_u)
+
+* complement form, for circuits that are most of the graph (the search visits both ends)::
+
+      current input at v - sum over non-circuit edges (u->v) of (current_u - corrupted_u)
+
+Both are exact because the residual stream is the sum of its sources (biases cancel in every difference).
+Each circuit takes the form with fewer *active* sources (sources with at least one edge in the sum), and only
+those sources' outputs are recorded and differenced: memory and time scale with the circuit's nodes, not the
+model's. A head destination is patched per head and per q/k/v (its own LayerNorm copy and projection slice),
+and only for the heads some circuit of the pass touches; the rest keep the corrupted (circuit form) or current
+(complement form) projection. K circuits share one forward (the batch replicated K times, circuit-major), with
+one batched matmul per site and no loop over edges. Invariants (tested): the empty circuit reproduces the
+corrupted run, the full circuit the clean run, and random circuits match a literal per-edge implementation.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuittrack.models.runners import get_runner
-from circuittrack.models.hooks import Hooks
-from circuittrack.models.runners import Runner
 from circuittrack.circuits.graph import Graph
-from circuittrack.circuits.sources import (answer_metric, check_batch_size, check_inputs, device_batches, f32, head_outputs,
-                       repeat_data, source_hooks)
+from circuittrack.circuits.memory import Batching, oom_retry, plan_evaluation
+from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, repeat_data
 from circuittrack.errors import InvalidInput
+from circuittrack.models.hooks import Hooks
+from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
 
+CIRCUIT, COMPLEMENT = "circuit", "complement"
 
-def evaluate_circuits(model, graph: Graph | None, data: TaskData, in_circuit: Tensor, batch_size: int = 32,
-                      circuit_batch: int = 4, backend: str = "transformer_lens", progress: bool = False) -> Tensor:
-    """Per-example metric [K, n] (float32, CPU) of each circuit in ``in_circuit`` [K, n_src, n_dst] (bool;
-    a single [n_src, n_dst] circuit gives [1, n]). ``circuit_batch`` circuits share one forward pass
-    (of rows = ``circuit_batch * batch_size`` sequences); its patching buffer takes ~4 * rows * P * n_src * d
-    bytes (float32), on top of 1 recorded corrupted run per example batch (n_src * B * P * d floats)."""
-    check_batch_size(batch_size)
-    check_batch_size(circuit_batch)
-    runner = get_runner(backend, model)
+
+def evaluate_circuits(model, graph: Graph | None, data: TaskData, in_circuit: Tensor, batch_size: int | str = "auto",
+                      circuit_batch: int | str = "auto", backend: str = DEFAULT_BACKEND, progress: bool = False,
+                      device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Per-example metric [K, n] (float32, CPU) of each circuit in ``in_circuit`` [K, n_src, n_dst] (bool; a
+    single [n_src, n_dst] circuit gives [1, n]).
+
+    ``batch_size`` examples and ``circuit_batch`` circuits share one forward pass; ``"auto"`` takes 32 and 8, or
+    less where the device's free memory asks for it. On an out-of-memory error both are halved (circuits first)
+    and the call is retried, down to 1, then :class:`~circuittrack.errors.OutOfMemory` is raised.
+    ``device``/``dtype`` run the model there (a copy; the caller's model is not changed)."""
+    runner = get_runner(backend, model, device=device, dtype=dtype)
     graph = check_inputs(runner, graph, data)
+    masks = check_circuits(graph, in_circuit)
+    plan = plan_evaluation(runner, graph, data, masks, batch_size, circuit_batch)
+    return oom_retry(lambda b: _evaluate(runner, graph, data, masks, b, progress), plan, "circuit evaluation",
+                     runner.device)
+
+
+def check_circuits(graph: Graph, in_circuit: Tensor) -> Tensor:
+    """``in_circuit`` as a bool [K, n_src, n_dst] tensor (a clear error otherwise)."""
+    if not isinstance(in_circuit, Tensor):
+        raise InvalidInput(f"in_circuit must be a bool torch.Tensor, got {type(in_circuit).__name__}")
     if in_circuit.dim() == 2:
         in_circuit = in_circuit[None]
     if in_circuit.dtype != torch.bool or tuple(in_circuit.shape[1:]) != (graph.n_src, graph.n_dst):
         raise InvalidInput(f"in_circuit must be a bool tensor [K, {graph.n_src}, {graph.n_dst}], got "
-                         f"{in_circuit.dtype} {tuple(in_circuit.shape)}")
+                           f"{in_circuit.dtype} {tuple(in_circuit.shape)}")
+    return in_circuit
+
+
+def _evaluate(runner: Runner, graph: Graph, data: TaskData, masks: Tensor, b: Batching, progress: bool) -> Tensor:
     dev = runner.device
-    K = in_circuit.shape[0]
+    edges = graph.edge_mask.to(dev)
+    masks = masks.to(dev) & edges
+    patched = ~masks & edges
+    forms = choose_forms(masks, patched)
+    groups = [(form, idx) for form in (CIRCUIT, COMPLEMENT) for idx in [torch.nonzero(forms == (form == CIRCUIT))
+                                                                        .flatten()] if len(idx)]
+    needed = torch.zeros(graph.n_src, dtype=torch.bool, device=dev)
+    for form, idx in groups:
+        needed |= (masks if form == CIRCUIT else patched)[idx].any(-1).any(0)
+    K = masks.shape[0]
     out = torch.zeros(K, len(data), dtype=torch.float32, device=dev)
-    mask = graph.edge_mask.to(dev)
-    bar = progress_bar(progress, math.ceil(len(data) / batch_size) * math.ceil(K / circuit_batch), "evaluate")
+    n_chunks = sum(-(-len(idx) // b.circuits) for _, idx in groups)
+    bar = progress_bar(progress, -(-len(data) // b.examples) * n_chunks, "evaluate", unit="pass")
     with runner.session(), torch.no_grad():
         start = 0
-        for batch in device_batches(data, batch_size, dev):
-            corr = record_corrupted(runner, graph, batch.corrupted, batch.answer_pos)
-            B = len(batch)
-            for k0 in range(0, K, circuit_batch):
-                patch = (~in_circuit[k0:k0 + circuit_batch].to(dev)) & mask
-                out[k0:k0 + len(patch), start:start + B] = patched_metric(runner, graph, batch, corr,
-                                                                          patch.float())
-                bar.update(1)
-            start += B
+        for batch in device_batches(data, b.examples, dev):
+            run = record_corrupted(runner, graph, batch, needed.nonzero().flatten(),
+                                   with_inputs=any(form == CIRCUIT for form, _ in groups))
+            for form, idx in groups:
+                for c0 in range(0, len(idx), b.circuits):
+                    rows = idx[c0:c0 + b.circuits]
+                    sel = (masks if form == CIRCUIT else patched)[rows]
+                    out[rows, start:start + len(batch)] = patched_metric(runner, graph, batch, run, sel, form)
+                    bar.update(1)
+            start += len(batch)
     bar.close()
     return out.cpu()
 
 
-def record_corrupted(runner: Runner, graph: Graph, ids: Tensor, positions: Tensor) -> Tensor:
-    """Source outputs of the run on ``ids``: [n_src, B, P, d] float32."""
-    B, P = ids.shape
-    buf = torch.zeros(graph.n_src, B, P, runner.arch.d_model, dtype=torch.float32, device=runner.device)
-    runner.forward(ids, source_hooks(runner, graph, buf, +1.0, "sbpd"), positions)
-    return buf
+def choose_forms(in_circuit: Tensor, patched: Tensor) -> Tensor:
+    """bool [K]: True where a circuit is cheaper in circuit form (fewer active sources than its complement)."""
+    return in_circuit.any(-1).sum(-1) <= patched.any(-1).sum(-1)
 
 
-def patched_metric(runner: Runner, graph: Graph, batch: TaskData, corr: Tensor, patch: Tensor) -> Tensor:
-    """Metric [K, B] of the clean batch with edges where ``patch`` [K, n_src, n_dst] (float 0/1) is 1
-    carrying their corrupted values (``corr`` from :func:`record_corrupted`)."""
-    K = patch.shape[0]
+# ----- the recorded corrupted run ---------------------------------------------------------------------------
+
+@dataclass
+class CorruptedRun:
+    """What one example batch's corrupted run contributes to patched passes."""
+
+    source_ids: Tensor  # long [S]: recorded sources, ascending
+    sources: Tensor  # float32 [S, B, P, d]: their outputs
+    inputs: dict = field(default_factory=dict)  # ("attn"|"mlp", l) or "final" -> [B, P, d] destination inputs
+    qkv: dict = field(default_factory=dict)  # (l, t) -> [B, P, H, dh] projection outputs
+
+
+def record_corrupted(runner: Runner, graph: Graph, batch: TaskData, source_ids: Tensor,
+                     with_inputs: bool = True) -> CorruptedRun:
+    """Run the corrupted prompts once, keeping the outputs of ``source_ids`` (float32) and, ``with_inputs``, every
+    destination's input and every q/k/v projection (in the model's dtype) for circuit-form passes."""
+    a = runner.arch
+    B, P = batch.corrupted.shape
+    ids = source_ids.to(runner.device)
+    run = CorruptedRun(ids, torch.zeros(len(ids), B, P, a.d_model, dtype=torch.float32, device=runner.device))
+    writer = _SourceWriter(graph, a, ids)
+
+    def put(first: int, values: Tensor) -> None:  # values [B, P, r, d] of sources first .. first + r - 1
+        for pos, j in writer.slots(first, values.shape[2]):
+            run.sources[pos] = values[:, :, j]
+
+    hooks = writer.hooks(put)
+    if with_inputs:
+        hooks.attn_in = lambda l, x: run.inputs.__setitem__(("attn", l), x.detach())
+        if not a.parallel:
+            hooks.mlp_in = lambda l, x: run.inputs.__setitem__(("mlp", l), x.detach())
+        hooks.final_in = lambda x: run.inputs.__setitem__("final", x.detach())
+        hooks.qkv = lambda l, t, x: run.qkv.__setitem__((l, t), x.detach())
+    runner.forward(batch.corrupted, hooks, batch.answer_pos)
+    return run
+
+
+class _SourceWriter:
+    """Which recorded slots the outputs of a site fill, and the hooks that compute only the needed outputs."""
+
+    def __init__(self, graph: Graph, arch, ids: Tensor):
+        self.graph, self.arch = graph, arch
+        self.pos = {int(s): i for i, s in enumerate(ids.tolist())}
+        H = arch.n_heads
+        self.heads = {l: [h for h in range(H) if graph.src_head(l, h) in self.pos] for l in range(arch.n_layers)}
+
+    def slots(self, first: int, r: int):
+        """(slot, j) for the needed sources first + j, j < r."""
+        return [(self.pos[first + j], j) for j in range(r) if first + j in self.pos]
+
+    def hooks(self, put) -> Hooks:
+        """Hooks calling ``put(first_source, values [B, P, r, d])`` with float32 source outputs."""
+        g, a = self.graph, self.arch
+        h = Hooks()
+        if 0 in self.pos:
+            h.resid0 = lambda x: put(0, f32(x).unsqueeze(2))
+        if any(self.heads.values()):
+            def z(l: int, zv: Tensor) -> None:
+                heads = self.heads[l]
+                if heads:
+                    out = _head_outputs(a, l, zv, heads)  # [B, P, len(heads), d]
+                    for i, hd in enumerate(heads):
+                        put(g.src_head(l, hd), out[:, :, i:i + 1])
+            h.z = z
+        if any(g.src_mlp(l) in self.pos for l in range(a.n_layers)):
+            h.mlp_out = lambda l, y: put(g.src_mlp(l), f32(y).unsqueeze(2)) if g.src_mlp(l) in self.pos else None
+        return h
+
+
+def _head_outputs(arch, layer: int, z: Tensor, heads: list[int]) -> Tensor:
+    """Residual writes [B, P, len(heads), d] (float32) of the listed heads from z [B, P, H, dh]."""
+    idx = torch.tensor(heads, device=z.device)
+    return torch.einsum("bphe,dhe->bphd", f32(z.index_select(2, idx)), f32(arch.o_weight(layer)).index_select(1, idx))
+
+
+# ----- one patched pass ---------------------------------------------------------------------------------------
+
+def patched_metric(runner: Runner, graph: Graph, batch: TaskData, run: CorruptedRun, masks: Tensor,
+                   form: str) -> Tensor:
+    """Metric [K, B] of the clean batch under K circuits given as edge masks [K, n_src, n_dst] (bool): in circuit
+    form the masks are the circuits' edges, in complement form the edges that carry corrupted values. Every source
+    with an edge in ``masks`` must be among ``run.source_ids``."""
+    K = masks.shape[0]
     B, P = batch.clean.shape
     ids = batch.clean.repeat(K, 1)
-    logits = runner.forward(ids, _patch_hooks(runner, graph, corr, patch, B, P), batch.answer_pos.repeat(K))
+    hooks = _PatchedPass(runner, graph, run, masks, form, B, P).hooks()
+    logits = runner.forward(ids, hooks, batch.answer_pos.repeat(K))
     return answer_metric(logits, repeat_data(batch, K)).view(K, B)
 
 
-def _patch_hooks(runner: Runner, graph: Graph, corr: Tensor, patch: Tensor, B: int, P: int) -> Hooks:
-    a = runner.arch
-    K = patch.shape[0]
-    H, dh, d = a.n_heads, a.d_head, a.d_model
-    delta = torch.zeros(K, graph.n_src, B, P, d, dtype=torch.float32, device=corr.device)  # corrupted - current
-    xs: dict[int, Tensor] = {}
+class _PatchedPass:
+    """Hooks of one patched forward: differences current - corrupted of the active sources, and the patched
+    destination inputs (module docstring)."""
 
-    def set_delta(s0: int, cur: Tensor) -> None:  # cur [K*B, P, r, d]
-        r = cur.shape[2]
-        delta[:, s0:s0 + r] = corr[s0:s0 + r] - cur.view(K, B, P, r, d).permute(0, 3, 1, 2, 4)
+    def __init__(self, runner: Runner, graph: Graph, run: CorruptedRun, masks: Tensor, form: str, B: int, P: int):
+        if form not in (CIRCUIT, COMPLEMENT):
+            raise ValueError(form)
+        a = runner.arch
+        self.a, self.graph, self.run, self.form = a, graph, run, form
+        self.K, self.B, self.P = masks.shape[0], B, P
+        self.sign = 1.0 if form == CIRCUIT else -1.0
+        active = masks.any(-1).any(0).nonzero().flatten()  # sources with an edge in some circuit, ascending
+        missing = ~torch.isin(active, run.source_ids)
+        if missing.any():
+            raise ValueError(f"sources {active[missing].tolist()} were not recorded in the corrupted run")
+        self.active = active
+        self.m = masks[:, active, :].float()  # [K, U, n_dst]
+        self.slot_of = torch.searchsorted(run.source_ids, active)  # recorded slot of each active source
+        self.delta = torch.zeros(self.K, len(active), B, P, a.d_model, dtype=torch.float32, device=masks.device)
+        self.touched = masks.any(0).any(0)  # [n_dst]: destination columns some circuit patches
+        self.writer = _SourceWriter(graph, a, active)
+        self.xs: dict[int, Tensor] = {}
 
-    def patched_input(x: Tensor, n_rows: int, cols: slice) -> Tensor:
-        """x [K*B, P, d] + sum_s patch[k, s, j] delta[k, s] for the destination columns: [K, J, B, P, d]."""
-        m = patch[:, :n_rows, cols].transpose(1, 2)  # [K, J, n_rows]
-        add = torch.bmm(m, delta[:, :n_rows].reshape(K, n_rows, B * P * d)).view(K, -1, B, P, d)
-        return f32(x).view(K, 1, B, P, d) + add
+    def hooks(self) -> Hooks:
+        h = self.writer.hooks(self._set_delta)
+        h.attn_in = lambda l, x: self.xs.__setitem__(l, x)
+        h.qkv = self._qkv
+        h.mlp_in = self._mlp_in
+        h.final_in = self._final_in
+        return h
 
-    def resid0(x: Tensor) -> None:
-        set_delta(0, f32(x).unsqueeze(2))
+    def _set_delta(self, first: int, cur: Tensor) -> None:  # cur [K*B, P, r, d]
+        K, B, P, d = self.K, self.B, self.P, self.a.d_model
+        for pos, j in self.writer.slots(first, cur.shape[2]):
+            corr = self.run.sources[self.slot_of[pos]]
+            self.delta[:, pos] = cur[:, :, j].reshape(K, B, P, d) - corr
 
-    def attn_in(l: int, x: Tensor) -> None:
-        xs[l] = x
+    def _sum(self, n_upstream: int, cols: Tensor) -> Tensor:
+        """sign * sum_u m[k, u, j] delta[k, u] over active sources upstream of the columns: [K, J, B, P, d]."""
+        K, B, P, d = self.K, self.B, self.P, self.a.d_model
+        u = int(torch.searchsorted(self.active, torch.tensor(n_upstream, device=self.active.device)))
+        m = self.m[:, :u].index_select(2, cols).transpose(1, 2)  # [K, J, u]
+        add = torch.bmm(m, self.delta[:, :u].reshape(K, u, B * P * d)).view(K, len(cols), B, P, d)
+        return add if self.sign > 0 else -add
 
-    def qkv(l: int, t: int, val: Tensor) -> Tensor:
-        c0 = graph.dst_head(l, 0, "qkv"[t])
-        X = patched_input(xs[l], graph.n_src_before_layer(l), slice(c0, c0 + H))  # [K, H, B, P, d]
-        w, b, eps = a.ln1(l)
-        Y = F.layer_norm(X, (d,), f32(w), f32(b), eps)
-        W, bias = a.qkv_params(l)
-        out = torch.einsum("khbpd,hed->kbphe", Y, f32(W[t])) + f32(bias[t])
+    def _base(self, current: Tensor, key) -> Tensor:
+        """The input the sum is added to: [K, 1, B, P, d] float32 (corrupted run's, or the current one)."""
+        K, B, P, d = self.K, self.B, self.P, self.a.d_model
+        if self.form == CIRCUIT:
+            return f32(self.run.inputs[key]).view(1, 1, B, P, d)
+        return f32(current).view(K, 1, B, P, d)
+
+    def _qkv(self, l: int, t: int, val: Tensor) -> Tensor | None:
+        a, g = self.a, self.graph
+        K, B, P, H, dh, d = self.K, self.B, self.P, a.n_heads, a.d_head, a.d_model
+        c0 = g.dst_head(l, 0, "qkv"[t])
+        heads = self.touched[c0:c0 + H].nonzero().flatten()
+        if self.form == CIRCUIT:
+            out = self.run.qkv[(l, t)].unsqueeze(0).expand(K, B, P, H, dh).clone()
+        elif len(heads) == 0:
+            return None
+        else:
+            out = val.view(K, B, P, H, dh).clone()
+        if len(heads):
+            X = self._base(self.xs[l], ("attn", l)) + self._sum(g.n_src_before_layer(l), c0 + heads)
+            w, b, eps = a.ln1(l)
+            Y = F.layer_norm(X, (d,), f32(w), f32(b), eps)  # [K, J, B, P, d]
+            W, bias = a.qkv_params(l)
+            proj = torch.einsum("kjbpd,jed->kbpje", Y, f32(W[t]).index_select(0, heads)) \
+                + f32(bias[t]).index_select(0, heads)
+            out[:, :, :, heads] = proj.to(out.dtype)
         return out.reshape(K * B, P, H, dh).to(val.dtype)
 
-    def z(l: int, zv: Tensor) -> None:
-        set_delta(graph.src_head(l, 0), head_outputs(a, l, zv))
+    def _single(self, x: Tensor, key, col: int, n_upstream: int) -> Tensor | None:
+        K, B, P, d = self.K, self.B, self.P, self.a.d_model
+        if not self.touched[col]:
+            if self.form == COMPLEMENT:
+                return None
+            return self.run.inputs[key].unsqueeze(0).expand(K, B, P, d).reshape(K * B, P, d).to(x.dtype)
+        cols = torch.tensor([col], device=x.device)
+        X = self._base(x, key) + self._sum(n_upstream, cols)
+        return X.view(K * B, P, d).to(x.dtype)
 
-    def mlp_in(l: int, x: Tensor) -> Tensor:
-        j = graph.dst_mlp(l)
-        return patched_input(x, graph.n_src_into_mlp(l), slice(j, j + 1)).view(K * B, P, d).to(x.dtype)
+    def _mlp_in(self, l: int, x: Tensor) -> Tensor | None:
+        key = ("attn", l) if self.a.parallel else ("mlp", l)
+        return self._single(x, key, self.graph.dst_mlp(l), self.graph.n_src_into_mlp(l))
 
-    def mlp_out(l: int, y: Tensor) -> None:
-        set_delta(graph.src_mlp(l), f32(y).unsqueeze(2))
-
-    def final_in(x: Tensor) -> Tensor:
-        j = graph.dst_logits
-        return patched_input(x, graph.n_src, slice(j, j + 1)).view(K * B, P, d).to(x.dtype)
-
-    return Hooks(resid0=resid0, attn_in=attn_in, qkv=qkv, z=z, mlp_in=mlp_in, mlp_out=mlp_out, final_in=final_in)
+    def _final_in(self, x: Tensor) -> Tensor | None:
+        return self._single(x, "final", self.graph.dst_logits, self.graph.n_src)
 
 
 def run_metric(model, data: TaskData, which: str = "clean", batch_size: int = 32,
-               backend: str = "transformer_lens") -> Tensor:
+               backend: str = DEFAULT_BACKEND) -> Tensor:
     """Per-example metric [n] of the unpatched model on the clean or corrupted prompts."""
     if which not in ("clean", "corrupted"):
         raise InvalidInput(f"which must be 'clean' or 'corrupted', got {which!r}")
-    check_batch_size(batch_size)
     runner = get_runner(backend, model)
     check_inputs(runner, None, data)
+    plan = Batching.fixed(batch_size, 1)
     outs = []
     with runner.session(), torch.no_grad():
-        for batch in device_batches(data, batch_size, runner.device):
+        for batch in device_batches(data, plan.examples, runner.device):
             outs.append(answer_metric(runner.forward(getattr(batch, which), None, batch.answer_pos), batch).cpu())
     return torch.cat(outs)

@@ -10,24 +10,26 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
-from circuittrack.circuits.evaluation import patched_metric, record_corrupted
+from circuittrack.circuits.evaluation import COMPLEMENT, patched_metric, record_corrupted
 from circuittrack.circuits.graph import Graph
-from circuittrack.circuits.sources import answer_metric, check_batch_size, check_inputs, device_batches
-from circuittrack.models.runners import get_runner
+from circuittrack.circuits.memory import Batching
+from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches
+from circuittrack.models.runners import DEFAULT_BACKEND, get_runner
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
 
 
 def exact_scores(model, graph: Graph | None, data: TaskData, batch_size: int = 32, edge_batch: int | None = None,
-                 backend: str = "transformer_lens", progress: bool = False) -> Tensor:
+                 backend: str = DEFAULT_BACKEND, progress: bool = False) -> Tensor:
     """Exact edge scores [n_src, n_dst] (float32, CPU): L(only that edge corrupted) - L(clean), with
     L = -mean metric. ``edge_batch`` single-edge circuits run in one forward (default: 512 rows per forward,
-    i.e. ``512 // batch`` circuits); memory per forward ~ 4 * rows * P * n_src * d bytes. Small models only:
-    the cost is about n_edges / edge_batch forwards per example batch."""
-    check_batch_size(batch_size)
+    i.e. ``512 // batch`` circuits); memory per forward ~ 4 * rows * P * d * (n_src + sources patched) bytes.
+    Small models only: the cost is about n_edges / edge_batch forwards per example batch."""
+    batch_size = Batching.fixed(batch_size).examples
     if edge_batch is not None:
-        check_batch_size(edge_batch)
+        edge_batch = Batching.fixed(1, edge_batch).circuits
     runner = get_runner(backend, model)
     graph = check_inputs(runner, graph, data)
     if edge_batch is None:
@@ -39,13 +41,13 @@ def exact_scores(model, graph: Graph | None, data: TaskData, batch_size: int = 3
     bar = progress_bar(progress, math.ceil(n / batch_size) * math.ceil(E / edge_batch), "exact")
     with runner.session(), torch.no_grad():
         for batch in device_batches(data, batch_size, dev):
-            corr = record_corrupted(runner, graph, batch.corrupted, batch.answer_pos)
+            corr = record_corrupted(runner, graph, batch, torch.arange(graph.n_src), with_inputs=False)
             clean = answer_metric(runner.forward(batch.clean, None, batch.answer_pos), batch)  # [B]
             for e0 in range(0, E, edge_batch):
                 e1 = min(e0 + edge_batch, E)
-                patch = torch.zeros(e1 - e0, graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
-                patch[torch.arange(e1 - e0, device=dev), src[e0:e1], dst[e0:e1]] = 1.0
-                m = patched_metric(runner, graph, batch, corr, patch)  # [k, B]
+                patch = torch.zeros(e1 - e0, graph.n_src, graph.n_dst, dtype=torch.bool, device=dev)
+                patch[torch.arange(e1 - e0, device=dev), src[e0:e1], dst[e0:e1]] = True
+                m = patched_metric(runner, graph, batch, corr, patch, COMPLEMENT)  # [k, B]
                 delta[e0:e1] += (clean[None] - m).sum(1)
                 bar.update(1)
     bar.close()

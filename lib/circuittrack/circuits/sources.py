@@ -31,7 +31,7 @@ def check_inputs(runner: Runner, graph: Graph | None, data: TaskData) -> Graph:
             raise InvalidInput(f"graph has (layers, heads, parallel) = {shape} but the model has {want}; "
                              "use Graph.from_config(model.config)")
     if not isinstance(data, TaskData):
-        raise TypeError(f"data must be a circuittrack.tasks.base.TaskData, got {type(data).__name__}")
+        raise InvalidInput(f"data must be a circuittrack.tasks.data.TaskData, got {type(data).__name__}")
     n, P = data.clean.shape
     if n == 0:
         raise InvalidInput(f"{data.task}: no examples")
@@ -40,17 +40,42 @@ def check_inputs(runner: Runner, graph: Graph | None, data: TaskData) -> Graph:
         t = getattr(data, name)
         if int(t.min()) < 0 or int(t.max()) >= vocab:
             raise InvalidInput(f"{data.task}: {name} token ids must lie in [0, {vocab}) for this model")
-    if int(data.answer_pos.min()) < 0 or int(data.answer_pos.max()) >= P:
-        raise InvalidInput(f"{data.task}: answer_pos must lie in [0, {P})")
     if int(data.answer_tokens.max()) >= vocab:
         raise InvalidInput(f"{data.task}: answer tokens must be < vocab size {vocab}")
+    check_padding(data)
     return graph
 
 
-def check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInput(f"batch_size must be a positive int, got {batch_size!r}")
-    return batch_size
+def check_padding(data: TaskData) -> None:
+    """Refuse data the kernels would misread. They pass no attention mask, which is exact only for right-padded
+    prompts read at their last real token (causal attention never sees the padding after it)."""
+    n, P = data.clean.shape
+    lengths, pos = data.lengths.cpu(), data.answer_pos.cpu()
+    if int(lengths.min()) < 1 or int(lengths.max()) > P:
+        raise InvalidInput(f"{data.task}: lengths must lie in [1, {P}] (the padded width)")
+    wrong = (pos != lengths - 1).nonzero().flatten()
+    if len(wrong):
+        i = int(wrong[0])
+        raise InvalidInput(
+            f"{data.task}: example {i} reads its answer at position {int(pos[i])} but its last real token is at "
+            f"{int(lengths[i]) - 1} ({len(wrong)} of {n} examples differ). The kernels need right-padded prompts "
+            "whose answer position is the last real token; build the data with "
+            "circuittrack.tasks.prompts.build_task_data, or end each prompt where the answer is read")
+    leading = _leading_pads(data.clean.cpu(), data.pad_id)
+    if int(leading.max()) > 0 and len(set(leading.tolist())) > 1:
+        i = int(leading.argmax())
+        raise InvalidInput(
+            f"{data.task}: the prompts look left-padded (example {i} starts with {int(leading[i])} pad tokens "
+            f"(id {data.pad_id}), others with {int(leading.min())}). Left padding is not supported: without an "
+            "attention mask the pads would be read as text. Right-pad the prompts (build_task_data does)")
+
+
+def _leading_pads(tokens: Tensor, pad_id: int) -> Tensor:
+    """[n] number of pad tokens each row starts with."""
+    not_pad = tokens != pad_id
+    first = torch.where(not_pad.any(1), not_pad.float().argmax(1), torch.full_like(not_pad[:, 0], tokens.shape[1],
+                                                                                  dtype=torch.long))
+    return first
 
 
 def device_batches(data: TaskData, batch_size: int, device: torch.device):
@@ -78,22 +103,12 @@ def f32(t: Tensor) -> Tensor:
     return t.float() if t.dtype != torch.float32 else t
 
 
-def source_hooks(runner: Runner, graph: Graph, buf: Tensor, sign: float, layout: str) -> Hooks:
-    """Hooks adding ``sign`` x each source output (float32) into ``buf``.
-
-    ``layout`` "bpsd": buf is [B, P, n_src, d] (attribution); "sbpd": buf is [n_src, B, P, d] (evaluation).
-    """
+def source_hooks(runner: Runner, graph: Graph, buf: Tensor, sign: float) -> Hooks:
+    """Hooks adding ``sign`` x each source output (float32) into ``buf`` [B, P, n_src, d]."""
     a = runner.arch
-    H = a.n_heads
-    if layout not in ("bpsd", "sbpd"):
-        raise InvalidInput(layout)
 
     def write(s0: int, val: Tensor) -> None:  # val [B, P, r, d]
-        r = val.shape[2]
-        if layout == "bpsd":
-            buf[:, :, s0:s0 + r].add_(val, alpha=sign)
-        else:
-            buf[s0:s0 + r].add_(val.permute(2, 0, 1, 3), alpha=sign)
+        buf[:, :, s0:s0 + val.shape[2]].add_(val, alpha=sign)
 
     def resid0(x: Tensor) -> None:
         write(0, f32(x.detach()).unsqueeze(2))

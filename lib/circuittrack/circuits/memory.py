@@ -1,0 +1,132 @@
+"""Batch sizes by memory: how many examples (and circuits) share one pass, and halving on out-of-memory.
+
+``"auto"`` sizes start from the defaults (32 examples; 8 circuits per evaluation pass) and shrink, circuits
+first, until the estimated working memory of a pass fits in 60% of the device's free memory. The defaults are
+fixed rather than grown to fill the device, so results (summation order included) do not depend on how much
+memory happens to be free. Explicit sizes are used as given. Either way, a pass that still runs out of memory is
+retried with halved sizes down to 1, and then fails with :class:`~circuittrack.errors.OutOfMemory`.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from dataclasses import dataclass, replace
+
+import torch
+
+from circuittrack.circuits.graph import Graph
+from circuittrack.errors import InvalidInput, OutOfMemory
+from circuittrack.models.devices import free_memory, is_out_of_memory
+
+DEFAULT_EXAMPLES = 32
+DEFAULT_CIRCUITS = 8
+BUDGET_FRACTION = 0.6
+
+
+def check_size(name: str, value) -> int | str:
+    """A batch size: a positive int or ``"auto"``."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{name} must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Examples and circuits per pass."""
+
+    examples: int
+    circuits: int = 1
+
+    @classmethod
+    def fixed(cls, examples, circuits=1) -> Batching:
+        return cls(check_size("batch_size", examples), check_size("circuit_batch", circuits))
+
+    def halved(self) -> Batching | None:
+        """Half the circuits (while above 1), else half the examples; None at 1 x 1."""
+        if self.circuits > 1:
+            return replace(self, circuits=self.circuits // 2)
+        if self.examples > 1:
+            return replace(self, examples=self.examples // 2)
+        return None
+
+
+def _shrink(plan: Batching, need, budget: float) -> Batching:
+    while need(plan) > budget:
+        smaller = plan.halved()
+        if smaller is None:
+            break
+        plan = smaller
+    return plan
+
+
+def plan_attribution(runner, graph: Graph, data, batch_size) -> Batching:
+    """Examples per attribution batch; working memory per example = the float32 edge state
+    (activation differences and gradient accumulators, (n_src + 4L + 1) P d) plus one forward/backward's
+    saved activations."""
+    batch_size = check_size("batch_size", batch_size)
+    n, P = data.clean.shape
+    if batch_size != "auto":
+        return Batching(min(batch_size, n))
+    a = runner.arch
+    item = torch.finfo(runner.dtype).bits // 8
+    per_example = 4 * P * a.d_model * (graph.n_src + 4 * a.n_layers + 1) \
+        + item * P * a.n_layers * (14 * a.d_model + 3 * 4 * a.d_model + 3 * a.n_heads * P)
+    budget = BUDGET_FRACTION * free_memory(runner.device)
+    return _shrink(Batching(min(DEFAULT_EXAMPLES, n)), lambda b: b.examples * per_example, budget)
+
+
+def plan_evaluation(runner, graph: Graph, data, masks: torch.Tensor, batch_size, circuit_batch) -> Batching:
+    """Examples and circuits per evaluation pass, from the sources the circuits activate (see
+    :mod:`circuittrack.circuits.evaluation`)."""
+    batch_size = check_size("batch_size", batch_size)
+    circuit_batch = check_size("circuit_batch", circuit_batch)
+    n, P = data.clean.shape
+    K = masks.shape[0]
+    plan = Batching(min(DEFAULT_EXAMPLES if batch_size == "auto" else batch_size, n),
+                    min(DEFAULT_CIRCUITS if circuit_batch == "auto" else circuit_batch, K))
+    if batch_size != "auto" and circuit_batch != "auto":
+        return plan
+    a = runner.arch
+    edges = graph.edge_mask.to(masks.device)
+    inside = (masks & edges).any(-1).sum(-1)
+    outside = (~masks & edges).any(-1).sum(-1)
+    active = int(torch.minimum(inside, outside).max())  # most sources a pass differences
+    item = torch.finfo(runner.dtype).bits // 8
+    d, H, L, V = a.d_model, a.n_heads, a.n_layers, int(a.model.config.vocab_size)
+
+    def need(b: Batching) -> float:
+        rows = b.examples * b.circuits
+        delta = 4 * rows * P * d * active
+        heads = 3 * 4 * rows * P * d * H  # one layer's patched per-head inputs, LayerNorm and projection
+        forward = item * rows * P * (6 * d + 4 * d + 2 * H * P) + 4 * rows * V
+        recorded = b.examples * P * d * (4 * active + item * (5 * L + 1))
+        return delta + heads + forward + recorded
+
+    budget = BUDGET_FRACTION * free_memory(runner.device)
+    return _shrink(plan, need, budget)
+
+
+def oom_retry(fn, plan: Batching, what: str, device=None):
+    """``fn(plan)``; on an out-of-memory error retry with :meth:`Batching.halved` sizes, down to 1 x 1."""
+    while True:
+        try:
+            return fn(plan)
+        except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled, the rest re-raised
+            if not is_out_of_memory(err):
+                raise
+            smaller = plan.halved()
+            del err
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if smaller is None:
+                where = f" on {device}" if device is not None else ""
+                raise OutOfMemory(f"{what} ran out of memory{where} even with one example and one circuit per "
+                                  "pass; use a smaller model, --dtype bfloat16, fewer or shorter prompts, or a "
+                                  "device with more memory") from None
+            print(f"circuittrack: {what} ran out of memory with {plan.examples} examples x {plan.circuits} "
+                  f"circuits per pass; retrying with {smaller.examples} x {smaller.circuits}", file=sys.stderr)
+            plan = smaller
