@@ -7,16 +7,21 @@ from circuittrack.circuits.graph import Graph, count_edges
 from circuittrack.models.suites import get_model
 
 
-@pytest.mark.parametrize("model,edges", [("pythia-70m", 3_580), ("pythia-160m", 32_347), ("pythia-410m", 231_493),
-                                         ("pythia-2.8b", 1_591_857)])
-def test_pythia_edge_counts_from_configurations(model, edges):
+@pytest.mark.parametrize("model,shape,edges", [("pythia-70m", (55, 151), 3_580),
+                                               ("pythia-160m", (157, 445), 32_347),
+                                               ("pythia-410m", (409, 1_177), 231_493),
+                                               ("pythia-2.8b", (1_057, 3_105), 1_591_857)])
+def test_pythia_edge_counts_from_configurations(model, shape, edges):
+    """The paper's edge counts, from the dense mask (its sum) and the closed form; 2.8b (32 x 32, parallel
+    attention/MLP) has a 1,057 x 3,105 mask, a few MB of bools, so it is counted like the others."""
     spec = get_model("pythia", model)
     cfg = GPTNeoXConfig(hidden_size=spec.d_model, num_hidden_layers=spec.n_layers,
                         num_attention_heads=spec.n_heads, use_parallel_residual=True)  # no weights built
     graph = Graph.from_config(cfg)
-    assert graph.parallel_attn_mlp and count_edges(spec.n_layers, spec.n_heads) == edges
-    if spec.n_layers <= 24:  # the dense mask of 2.8b is 1.1e6 x 1.4e3 bools; count it for the smaller ones
-        assert graph.n_edges == edges
+    assert graph.parallel_attn_mlp
+    assert tuple(graph.edge_mask.shape) == (graph.n_src, graph.n_dst) == shape
+    assert int(graph.edge_mask.sum()) == graph.n_edges == edges
+    assert count_edges(spec.n_layers, spec.n_heads) == edges
 
 
 def test_sequential_blocks_add_the_same_layer_heads_into_each_mlp():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import permutations
 
 import pytest
 import torch
@@ -16,11 +17,12 @@ from circuittrack.tasks.csv_task import CsvRow, write_rows
 EOS = "<|endoftext|>"
 
 
-def _train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE; digits pre-split in pairs (" 17", "50") so years split as [" XX", "YY"]."""
+def _train_tokenizer(corpus: list[str], vocab_size: int, digits: str = r" ?\d\d") -> PreTrainedTokenizerFast:
+    """Byte-level BPE; digits pre-split by ``digits``, by default in pairs (" 17", "50") so that years split
+    as [" XX", "YY"]."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r" ?\d\d"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(digits), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -30,9 +32,10 @@ def _train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerF
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
 
 
-def _corpus() -> list[str]:
+def _corpus(drop: frozenset[str] = frozenset()) -> list[str]:
+    """Text using every task word (except those in ``drop``, which then never occur in it)."""
     lines = []
-    for i, name in enumerate(W.IOI_NAMES + W.GP_FEMALE_NAMES + W.GP_MALE_NAMES):
+    for i, name in enumerate(w for w in W.IOI_NAMES + W.GP_FEMALE_NAMES + W.GP_MALE_NAMES if w not in drop):
         for t in W.IOI_BABA_TEMPLATES[:4]:
             lines.append(t.replace("[A]", name).replace("[B]", "Tom").replace("[PLACE]", W.IOI_PLACES[i % 8])
                          .replace("[OBJECT]", W.IOI_OBJECTS[i % 8]))
@@ -44,11 +47,28 @@ def _corpus() -> list[str]:
         lines.append(W.GT_TEMPLATE.format(noun=noun, xx=year // 100, yy=f"{year % 100:02d}") + "50")
     lines += [f"{y:02d}" for y in range(100)] * 3
     for name in W.GP_FEMALE_NAMES + W.GP_MALE_NAMES:
-        for frame in W.GP_FRAMES:
-            lines.append(W.GP_TEMPLATE.format(name=name, frame=frame) + " she? isn't he? her him")
+        if name not in drop:
+            for frame in W.GP_FRAMES:
+                lines.append(W.GP_TEMPLATE.format(name=name, frame=frame) + " she? isn't he? her him")
+    verbs = " ".join(v for v in W.SVA_SINGULAR_VERBS + W.SVA_PLURAL_VERBS if v not in drop)
     for p in sva.candidate_pairs()[::7]:
-        lines.append(p.clean + " " + " ".join(W.SVA_SINGULAR_VERBS + W.SVA_PLURAL_VERBS))
+        if not drop & set(p.clean.split()):
+            lines.append(p.clean + " " + verbs)
     return lines
+
+
+# Words that the "split" tokenizer below never saw, so that they take several tokens with a leading space.
+SPLIT_IOI = {"Anderson", "Christopher", "Elizabeth", "Jonathan", "Lisa", "Madison", "Ryan", "Sullivan", "Victoria"}
+SPLIT_GP = {"Judy", "Karen", "Lisa", "Gary", "Ryan"}  # Lisa and Ryan are IOI names too
+SPLIT_SVA = {"surgeons", "skater", "skaters", "swims", "sleeps", "sleep", "waits", "wait"}
+# Years: " 13XX", " 1701", " 154X" and " 1599" are single tokens, " 165X" is [" 16", "5", "X"]; everything
+# else splits as [" XX", "YY"].
+SPLIT_DIGITS = r"(?<= 16)5| 1(?:3\d\d|701|54\d|599)| ?\d\d"
+# Hence the Greater-Than years of that tokenizer: no 13XX (no year splits) and no 17XX (the corruption
+# year 1701 does not split); no 1540s or 1650s; and 1598, the last 15XX year that still splits, is dropped
+# as its century's last year.
+SPLIT_GT_YEARS = [y for y in range(1100, 1800) if 2 <= y % 100 <= 98 and y // 100 not in (13, 17)
+                  and not 1540 <= y <= 1549 and not 1650 <= y <= 1659 and y != 1598]
 
 
 @pytest.fixture(scope="session", params=["test-bpe", pytest.param("toy", marks=pytest.mark.slow)])
@@ -69,6 +89,13 @@ def tok(request) -> PreTrainedTokenizerFast:
 def tiny_tok() -> PreTrainedTokenizerFast:
     """A tokenizer whose vocabulary lacks nearly all names."""
     return _train_tokenizer(["the year 1750 to the year 17"] + [f"{y:02d}" for y in range(100)], vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def split_tok() -> PreTrainedTokenizerFast:
+    """GPT-NeoX-convention BPE on which the SPLIT_* words and some years are not single tokens."""
+    return _train_tokenizer(_corpus(frozenset(SPLIT_IOI | SPLIT_GP | SPLIT_SVA)), vocab_size=6000,
+                            digits=SPLIT_DIGITS)
 
 
 @pytest.fixture(scope="session")
@@ -292,24 +319,250 @@ def test_determinism_and_seeds(tok, name):
     assert a.clean_text != c.clean_text
 
 
-def test_default_sizes_and_capacity(tok):
+def test_default_sizes_and_capacity_limits(tok):
+    """Paper defaults; asking for more prompts than the capacity is an error, not silent repetition."""
     assert get_task("ioi").default_n == 70 and get_task("ioi").default_seed == 42
     assert get_task("greater-than").default_n == 200 and get_task("sva").default_n == 200
     assert get_task("gendered-pronoun").default_n == 100
     assert len(get_task("greater-than").make(tok, n=1000)) == 1000  # the behaviour-curve size
-    # every name of the test tokenizer is one token: the IOI count is a closed formula
-    k = len(W.IOI_NAMES)
-    assert len(ioi.valid_names(tok)) == k
-    want = sum(k * (k - 1) * (8 if "[PLACE]" in t else 1) * (8 if "[OBJECT]" in t else 1)
-               for t in ioi.MIXED_TEMPLATES)
-    assert get_task("ioi").capacity(tok) == want
-    assert get_task("gendered-pronoun").capacity(tok) == 100
-    assert get_task("greater-than").capacity(tok) == len(W.GT_NOUNS) * 7 * 97
-    assert get_task("sva").capacity(tok) == len(sva.valid_pairs(tok)) > 200
     with pytest.raises(ValueError, match=r"gendered-pronoun: .*100 prompts; need n=101"):
         get_task("gendered-pronoun").make(tok, n=101)
     with pytest.raises(ValueError, match="greater-than: only"):
         get_task("greater-than").make(tok, n=get_task("greater-than").capacity(tok) + 1)
+
+
+# ------------------------------------------------------------------ multi-token words, capacity by enumeration
+
+
+def _n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _one_token(tokenizer, words) -> list[str]:
+    """The words that are one token with a leading space, by a direct tokenizer call per word."""
+    return [w for w in words if _n_tokens(tokenizer, " " + w) == 1]
+
+
+def _multi_token(tokenizer, words) -> set[str]:
+    return {w for w in words if _n_tokens(tokenizer, " " + w) > 1}
+
+
+def test_split_tokenizer_filters_drop_exactly_the_multi_token_words(tok, split_tok):
+    """valid_names / answer_verbs keep a word iff " "+word is one token; the split tokenizer really splits some."""
+    sva_verbs = W.SVA_SINGULAR_VERBS + W.SVA_PLURAL_VERBS
+    sva_nouns = W.SVA_SINGULAR_NOUNS + W.SVA_PLURAL_NOUNS
+    assert _multi_token(split_tok, W.IOI_NAMES) == SPLIT_IOI
+    assert _multi_token(split_tok, W.GP_FEMALE_NAMES + W.GP_MALE_NAMES) == SPLIT_GP
+    assert _multi_token(split_tok, sva_verbs + sva_nouns) == SPLIT_SVA
+    for t in (tok, split_tok):
+        assert ioi.valid_names(t) == _one_token(t, W.IOI_NAMES)
+        assert gendered_pronoun.valid_names(t) == {"female": _one_token(t, W.GP_FEMALE_NAMES),
+                                                   "male": _one_token(t, W.GP_MALE_NAMES)}
+        assert sva.answer_verbs(t) == {"singular": _one_token(t, W.SVA_SINGULAR_VERBS),
+                                       "plural": _one_token(t, W.SVA_PLURAL_VERBS)}
+    assert len(ioi.valid_names(split_tok)) == len(W.IOI_NAMES) - len(SPLIT_IOI)
+
+
+def test_ioi_capacity_is_the_number_of_distinct_prompts(tok, split_tok, monkeypatch):
+    """IOI capacity == distinct clean prompts, counted by filling every template with every ordered pair of
+    distinct single-token names, place and object (a repeated name in the list adds nothing)."""
+    names = ["Alice", "Anderson", "Mary", "Sullivan", "John", "Mary"]
+    monkeypatch.setattr(ioi, "IOI_NAMES", names)
+    monkeypatch.setattr(ioi, "IOI_PLACES", ["store", "garden"])
+    monkeypatch.setattr(ioi, "IOI_OBJECTS", ["ring", "kiss", "drink"])
+    counts = []
+    for t in (tok, split_tok):
+        usable = _one_token(t, names)
+        prompts = {template.removesuffix(" [A]").replace("[A]", io).replace("[B]", s)
+                   .replace("[PLACE]", place).replace("[OBJECT]", obj)
+                   for template in ioi.MIXED_TEMPLATES for io, s in permutations(usable, 2) if io != s
+                   for place in ioi.IOI_PLACES for obj in ioi.IOI_OBJECTS}
+        assert get_task("ioi").capacity(t) == len(prompts)
+        counts.append(len(prompts))
+    assert counts[0] > counts[1] > 0  # 4 distinct names, then 2 once Anderson and Sullivan split
+
+
+def test_gendered_pronoun_capacity_is_the_number_of_distinct_prompts(tok, split_tok):
+    """Gendered-Pronoun capacity == distinct "So {name} is {frame}, isn't" strings over single-token names."""
+    counts = []
+    for t in (tok, split_tok):
+        names = _one_token(t, W.GP_FEMALE_NAMES + W.GP_MALE_NAMES)
+        prompts = {W.GP_TEMPLATE.format(name=name, frame=frame) for name in names for frame in W.GP_FRAMES}
+        assert get_task("gendered-pronoun").capacity(t) == len(prompts)
+        counts.append(len(prompts))
+    assert counts == [100, 75]
+
+
+def _gt_prompt(noun: str, year: int) -> str:
+    return f"The {noun} lasted from the year {year} to the year {year // 100}"
+
+
+def test_greater_than_capacity_is_the_number_of_distinct_prompts(tok, split_tok):
+    """Greater-Than capacity == distinct noun x year prompts over the years that split as [" XX", "YY"]."""
+    every_century = [y for y in range(1100, 1800) if 2 <= y % 100 <= 98]
+    # the split tokenizer really has the year tokenizations that SPLIT_GT_YEARS was derived from
+    pieces = lambda y: split_tok.tokenize(f" {y}")  # noqa: E731
+    assert [pieces(y) for y in (1305, 1701, 1545, 1599, 1650)] == [
+        ["Ġ1305"], ["Ġ1701"], ["Ġ1545"], ["Ġ1599"], ["Ġ16", "5", "0"]]
+    assert pieces(1598) == ["Ġ15", "98"] and pieces(1750) == ["Ġ17", "50"]
+    counts = []
+    for t, years in ((tok, every_century), (split_tok, SPLIT_GT_YEARS)):
+        assert greater_than.valid_years(t) == years
+        for noun in W.GT_NOUNS:  # each noun's prompt keeps the year as [" XX", "YY"] and ends on " XX"
+            assert t.tokenize(_gt_prompt(noun, 1250))[-6:] == ["Ġ12", "50", "Ġto", "Ġthe", "Ġyear", "Ġ12"]
+        prompts = {_gt_prompt(noun, year) for noun in W.GT_NOUNS for year in years}
+        assert get_task("greater-than").capacity(t) == len(prompts)
+        counts.append(len(prompts))
+    assert counts[0] > counts[1] > 0
+
+
+def _sva_pairs(nouns, dists, preps, trans, comp_subjects, comp_verbs, coord) -> set[tuple[str, str]]:
+    """Every (clean, corrupted) prompt written out from the constructions' grammar: the corruption flips the
+    subject and any verb agreeing with it; a distractor never has the subject's base noun."""
+    out = set()
+    for sg, pl in nouns:
+        for subj, other, agree in ((sg, pl, 0), (pl, sg, 1)):
+            out.add((f"The {subj}", f"The {other}"))
+            for d_sg, d_pl in dists:
+                if d_sg == sg:
+                    continue
+                for dist, d_agree in ((d_sg, 0), (d_pl, 1)):
+                    for prep in preps:
+                        out.add((f"The {subj} {prep} the {dist}", f"The {other} {prep} the {dist}"))
+                    for verb in trans:
+                        out.add((f"The {subj} that {verb[agree]} the {dist}",
+                                 f"The {other} that {verb[1 - agree]} the {dist}"))
+                        out.add((f"The {subj} that the {dist} {verb[d_agree]}",
+                                 f"The {other} that the {dist} {verb[d_agree]}"))
+            for cs in comp_subjects:
+                for cv in comp_verbs:
+                    out.add((f"The {cs} {cv} the {subj}", f"The {cs} {cv} the {other}"))
+            for verb in coord:
+                out.add((f"The {subj} {verb[agree]} and", f"The {other} {verb[1 - agree]} and"))
+    return out
+
+
+_SVA_SMALL = dict(nouns=[("author", "authors"), ("surgeon", "surgeons"), ("skater", "skaters"), ("pilot", "pilots")],
+                  dists=[("guard", "guards"), ("pilot", "pilots")], preps=["near", "in front of"],
+                  trans=[("likes", "like")], comp_subjects=["nurse", "nurses"], comp_verbs=["said"],
+                  coord=[("smiles", "smile"), ("swims", "swim")])
+
+
+def _shrink_sva_lists(monkeypatch) -> None:
+    """Point the sva module at the _SVA_SMALL word lists."""
+    small = _SVA_SMALL
+    for attr, value in [
+        ("SVA_SINGULAR_NOUNS", [s for s, _ in small["nouns"]]), ("SVA_PLURAL_NOUNS", [p for _, p in small["nouns"]]),
+        ("SVA_DISTRACTOR_SINGULAR", [s for s, _ in small["dists"]]),
+        ("SVA_DISTRACTOR_PLURAL", [p for _, p in small["dists"]]), ("SVA_PREPOSITIONS", small["preps"]),
+        ("SVA_TRANSITIVE_SINGULAR", [s for s, _ in small["trans"]]),
+        ("SVA_TRANSITIVE_PLURAL", [p for _, p in small["trans"]]),
+        ("SVA_COMPLEMENT_SUBJECTS", small["comp_subjects"]), ("SVA_COMPLEMENT_VERBS", small["comp_verbs"]),
+        ("SVA_COORD_SINGULAR", [s for s, _ in small["coord"]]), ("SVA_COORD_PLURAL", [p for _, p in small["coord"]]),
+    ]:
+        monkeypatch.setattr(sva, attr, value)
+
+
+def test_sva_capacity_is_the_number_of_distinct_prompts(tok, split_tok, monkeypatch):
+    """SVA capacity == distinct clean prompts among the enumerated pairs whose clean and corrupted prompts
+    have the same token length; on the split tokenizer the surgeon/surgeons and swims/swim pairs go, while
+    skater/skaters (both 4 tokens) stay."""
+    _shrink_sva_lists(monkeypatch)
+    every = _sva_pairs(**_SVA_SMALL)
+    assert {(p.clean, p.corrupted) for p in sva.candidate_pairs()} == every
+    kept = []
+    for t in (tok, split_tok):
+        same_length = {(c, k) for c, k in every if _n_tokens(t, c) == _n_tokens(t, k)}
+        assert {(p.clean, p.corrupted) for p in sva.valid_pairs(t)} == same_length
+        assert get_task("sva").capacity(t) == len({c for c, _ in same_length})
+        kept.append({c for c, _ in same_length})
+    assert len(kept[0]) == len(every) > len(kept[1])
+    gone = kept[0] - kept[1]
+    assert gone and all("surgeon" in c or "swim" in c for c in gone)
+    assert any("skater" in c for c in kept[1])
+
+
+def _answer_texts(tokenizer, data) -> list[str]:
+    """The answer columns, each checked to be one token that round-trips through decode/encode."""
+    texts = []
+    for t in data.answer_tokens.tolist():
+        text = tokenizer.decode([t])
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == [t]
+        texts.append(text)
+    return texts
+
+
+def test_examples_on_the_split_tokenizer_use_only_single_token_words(split_tok):
+    """Every answer is one token, and no multi-token name/verb/year appears in a made example."""
+    words = lambda text: set(re.findall(r"[A-Za-z]+", text))  # noqa: E731
+    data = get_task("ioi").make(split_tok)
+    ok_names = set(W.IOI_NAMES) - SPLIT_IOI
+    assert {a[1:] for a in _answer_texts(split_tok, data)} <= ok_names
+    assert all(not words(c) & SPLIT_IOI for c in data.clean_text + data.corrupted_text)
+
+    data = get_task("gendered-pronoun").make(split_tok, n=75)  # all 15 usable names x 5 frames
+    assert sorted(_answer_texts(split_tok, data)) == [" he", " she"]
+    assert {c.split()[1] for c in data.clean_text} == set(W.GP_FEMALE_NAMES + W.GP_MALE_NAMES) - SPLIT_GP
+    assert all(not words(c) & SPLIT_GP for c in data.corrupted_text)
+
+    data = get_task("greater-than").make(split_tok, n=500)
+    assert sorted(_answer_texts(split_tok, data)) == [f"{y:02d}" for y in range(100)]
+    years = {int(re.search(r"year (\d{4})", c).group(1)) for c in data.clean_text}
+    assert years <= set(SPLIT_GT_YEARS) and len(years) > 100
+
+    data = get_task("sva").make(split_tok)
+    verbs = {a.strip() for a in _answer_texts(split_tok, data)}
+    assert verbs == set(W.SVA_SINGULAR_VERBS + W.SVA_PLURAL_VERBS) - SPLIT_SVA
+    assert all(not {"surgeon", "surgeons", "swims", "swim"} & words(c) for c in data.clean_text)
+
+
+def test_too_few_single_token_words_raise_clear_errors(split_tok, monkeypatch):
+    """Each task names how many words survived the single-token filter when too few are left."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ioi, "IOI_NAMES", ["Anderson", "Alice", "Sullivan"])
+        assert get_task("ioi").capacity(split_tok) == 0
+        with pytest.raises(ValueError, match=re.escape(
+                "ioi: only 1 of 3 names are single tokens with a leading space for this tokenizer; "
+                "need at least 2 distinct names")):
+            get_task("ioi").make(split_tok)
+
+    with pytest.raises(ValueError, match=re.escape(
+            "gendered-pronoun: only 15 of 20 names (7 female, 8 male) are single tokens with a leading space for "
+            "this tokenizer, giving 75 prompts; need n=100 prompts and at least one name of each gender")):
+        get_task("gendered-pronoun").make(split_tok)  # the default n is the full 20 x 5
+    with pytest.MonkeyPatch.context() as mp:  # no usable female name: no prompt can be corrupted
+        mp.setattr(gendered_pronoun, "GP_FEMALE_NAMES", ["Judy", "Karen"])
+        mp.setitem(gendered_pronoun._LISTS, "female", ["Judy", "Karen"])
+        assert get_task("gendered-pronoun").capacity(split_tok) == 0
+        with pytest.raises(ValueError, match=re.escape("only 8 of 12 names (0 female, 8 male)")):
+            get_task("gendered-pronoun").make(split_tok, n=1)
+
+    for first, last in ((1300, 1400), (1700, 1800)):  # 13XX: no year splits; 17XX: 1701 does not split
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(greater_than, "GT_FIRST_YEAR", first)
+            mp.setattr(greater_than, "GT_LAST_YEAR", last)
+            assert get_task("greater-than").capacity(split_tok) == 0
+            with pytest.raises(ValueError, match=re.escape(
+                    f"greater-than: no year in {first}-{last - 1} tokenizes as [' XX', 'YY'] (with XX01 also "
+                    "splitting that way) for this tokenizer")):
+                get_task("greater-than").make(split_tok, n=1)
+    n_gt = len(W.GT_NOUNS) * len(SPLIT_GT_YEARS)
+    with pytest.raises(ValueError, match=re.escape(
+            f"greater-than: only {n_gt} distinct prompts can be made for this tokenizer ({len(W.GT_NOUNS)} of "
+            f"{len(W.GT_NOUNS)} nouns x {len(SPLIT_GT_YEARS)} valid years); asked for n={n_gt + 1}")):
+        get_task("greater-than").make(split_tok, n=n_gt + 1)
+
+    _shrink_sva_lists(monkeypatch)
+    n_pairs = len(sva.candidate_pairs())
+    cap = get_task("sva").capacity(split_tok)
+    assert 0 < cap < n_pairs
+    with pytest.raises(ValueError, match=re.escape(f"sva: only {cap} of {n_pairs} prompt pairs tokenize to equal "
+                                                   "clean/corrupted lengths for this tokenizer (")):
+        get_task("sva").make(split_tok, n=cap + 1)
+    monkeypatch.setattr(sva, "SVA_SINGULAR_VERBS", ["swims", "sleeps", "waits"])
+    with pytest.raises(ValueError, match=re.escape(
+            "sva: none of the singular verbs is a single token with a leading space for this tokenizer")):
+        get_task("sva").make(split_tok, n=2)
 
 
 # ---------------------------------------------------------------------------------------------- errors

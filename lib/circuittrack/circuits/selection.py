@@ -14,7 +14,6 @@ Edges are numbered by their position in ``graph.edge_index`` (row-major over the
 
 from __future__ import annotations
 
-import heapq
 import math
 from functools import lru_cache
 from typing import Literal
@@ -104,52 +103,67 @@ def greedy_order(graph: Graph, scores: torch.Tensor, absolute: bool = True,
     ties to the smaller edge number; if the edge's source node is new, it joins the set, which makes all of its
     incoming edges (for a head: those of q, k and v) candidates. The greedy circuit with n edges is ``order[:n]``.
 
-    Each node's incoming edges are sorted once (vectorised), so the heap holds one entry per node in the circuit
-    (a k-way merge): O(E log N) with N nodes.
+    Computed without a loop over edges. Rank the edges by (key descending, edge number). While the node set is
+    fixed, greedy takes the available edges in rank order, so the next node to join enters through the best-ranked
+    edge from outside the set into it (Prim's rule): a loop over the N nodes on N-long vectors finds the joining
+    order and the joining edges a_1, a_2, .... After node j joined, greedy outputs every remaining available edge
+    ranked up to a_{j+1}, ending with a_{j+1}; so an edge into node v is output in the first segment s >= (step at
+    which v joined) whose bound rank(a_{s+1}) is at least its own rank. That search runs for all edges at once by
+    binary lifting over a range-maximum table, and the order is one sort by (segment, rank).
+    Cost: O(N^2 + E log N), no Python loop over edges (1.6M edges of Pythia-2.8b: see ``make bench``).
     """
     key = check_scores(graph, scores)
-    if not absolute:
-        key = key + 0.0  # turns -0.0 into 0.0 so that zero keys tie exactly
-    else:
-        key = key.abs()
+    key = key.abs() if absolute else key + 0.0  # + 0.0 turns -0.0 into 0.0 so that zero keys tie exactly
     E = graph.n_edges
     limit = E if limit is None else int(limit)
     if not 0 <= limit <= E:
         raise InvalidInput(f"limit must be in [0, {E}] (the number of edges), got {limit}")
     src, dst = graph.edge_index
-    node_of_dst = _dst_node_cpu(graph)[dst]  # [E] destination node of each edge
-    # Sort by (destination node, -key, edge number): stable sorts over the edge-number order.
-    by_key = torch.sort(key, descending=True, stable=True).indices
-    perm = by_key[torch.sort(node_of_dst[by_key], stable=True).indices]
-    n_nodes = graph.n_src + 1
-    counts = torch.bincount(node_of_dst, minlength=n_nodes)
-    starts = (torch.cumsum(counts, 0) - counts).tolist()
-    ends = torch.cumsum(counts, 0).tolist()
-    neg_key = (-key[perm]).tolist()
-    edge_at = perm.tolist()
-    src_of = src.tolist()
+    node_of = _dst_node_cpu(graph)[dst]  # [E] destination node of each edge
+    rank = torch.empty(E, dtype=torch.long)
+    rank[torch.sort(key, descending=True, stable=True).indices] = torch.arange(E)
 
+    # 1. Joining order (Prim): best[u, v] = best rank of an edge u -> v.
+    N = graph.n_src + 1
     logits = graph.n_src
-    in_set = [False] * n_nodes
-    in_set[logits] = True
-    p0 = starts[logits]
-    heap = [(neg_key[p0], edge_at[p0], p0, logits)]  # (-key, edge, position in sorted list, node)
-    out: list[int] = []
-    while heap and len(out) < limit:
-        _, e, p, v = heap[0]
-        out.append(e)
-        if p + 1 < ends[v]:
-            heapq.heapreplace(heap, (neg_key[p + 1], edge_at[p + 1], p + 1, v))
-        else:
-            heapq.heappop(heap)
-        u = src_of[e]
-        if not in_set[u]:
-            in_set[u] = True
-            if starts[u] < ends[u]:
-                q = starts[u]
-                heapq.heappush(heap, (neg_key[q], edge_at[q], q, u))
-    assert len(out) == limit, "every node has an edge to logits, so greedy reaches every edge"
-    return torch.tensor(out, dtype=torch.long)
+    never = E  # a rank no edge has
+    best = torch.full((N * N,), never, dtype=torch.long)
+    best.scatter_reduce_(0, src * N + node_of, rank, reduce="amin")
+    best = best.view(N, N)
+    joined_at = torch.full((N,), -1, dtype=torch.long)  # segment in which each node's incoming edges open
+    joined_at[logits] = 0
+    entry = best[:, logits].clone()  # best rank of an edge from each node into the set
+    entry[logits] = never
+    bounds = []  # rank(a_{s+1}) for s = 0, 1, ...
+    for step in range(1, N):
+        r, u = torch.min(entry, 0)
+        if int(r) == never:
+            break
+        bounds.append(int(r))
+        joined_at[u] = step
+        entry = torch.minimum(entry, best[:, u])
+        entry[joined_at >= 0] = never
+    bounds.append(never)  # the last segment takes everything that remains
+
+    # 2. Segment of each edge: first s >= joined_at[v] with bounds[s] >= rank(e), by binary lifting.
+    start = joined_at[node_of]
+    if (start < 0).any():  # pragma: no cover - every node of a Graph has an edge into logits
+        raise InvalidInput("some nodes cannot reach logits, so greedy growth never reaches their edges")
+    T = torch.tensor(bounds, dtype=torch.long)
+    S = len(T)
+    table = [T]  # table[k][s] = max(T[s : s + 2^k])
+    while (1 << len(table)) <= S:
+        prev, half = table[-1], 1 << (len(table) - 1)
+        table.append(torch.maximum(prev[:-half], prev[half:]))
+    seg = start.clone()
+    for k in reversed(range(len(table))):
+        width = 1 << k
+        ok = seg + width < S  # the jump lands inside the table; the answer lies beyond the jumped block
+        idx = torch.where(ok, seg, torch.zeros_like(seg))
+        jump = ok & (table[k][idx.clamp(max=len(table[k]) - 1)] < rank) & (idx < len(table[k]))
+        seg = torch.where(jump, seg + width, seg)
+    order = torch.argsort(seg * E + rank)
+    return order[:limit]
 
 
 def edge_ranks(graph: Graph, order: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
