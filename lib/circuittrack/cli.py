@@ -1,8 +1,10 @@
 """The ``circuittrack`` command line: suites, model info, toy training, task evaluation, circuits.
 
-Every command prints human-readable text, or JSON on stdout with ``--json``. Bad arguments (unknown suite,
-model, step or task) exit with status 2 and a message listing the valid choices, before anything is loaded or
-written.
+Every command prints human-readable text, or JSON on stdout with ``--json``; progress bars go to stderr. Every
+option is checked before anything is loaded or written: bad input (unknown suite, model, step, task, method,
+backend, device or dtype; a bad number or output suffix) exits with status 2 and a message listing the valid
+choices. Runtime failures users can act on (a checkpoint that is not available offline, memory that runs out
+even at batch size 1) exit with status 1 and one line. Neither shows a traceback.
 """
 
 from __future__ import annotations
@@ -12,14 +14,10 @@ import json
 import sys
 from collections.abc import Callable
 
-from circuittrack.errors import CheckpointUnavailable
+from circuittrack.errors import CircuittrackError, InvalidInput, choices
 
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 1
-
-
-class UsageError(Exception):
-    """Invalid user input: reported with exit status 2."""
+SCORE_SUFFIXES = (".csv", ".parquet")
+CIRCUIT_SUFFIXES = (".json", ".csv", ".parquet")
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: Callable[[dict], str]) -> None:
@@ -29,12 +27,26 @@ def _emit(args: argparse.Namespace, payload: dict, text: Callable[[dict], str]) 
         print(text(payload))
 
 
-def _checked(fn: Callable, *a, **kw):
-    """Run a validation function, turning ValueError into a usage error."""
+def _check_out(flag: str, value: str | None, suffixes: tuple[str, ...]) -> None:
+    from pathlib import Path
+
+    if value is None:
+        return
+    path = Path(value)
+    if path.suffix.lower() not in suffixes:
+        raise InvalidInput(f"{flag} must end in {choices(suffixes)}, got {value!r}")
+    if path.is_dir():
+        raise InvalidInput(f"{flag} {value!r} is a directory; give a file name ending in {choices(suffixes)}")
+
+
+def _batch(value: str) -> int | str:
+    """``--batch-size`` values: a positive integer or ``auto``."""
+    if value == "auto":
+        return value
     try:
-        return fn(*a, **kw)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}") from None
 
 
 # ----- suites / info ---------------------------------------------------------------------------------------
@@ -66,7 +78,7 @@ def cmd_suites(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     from circuittrack.models.checkpoints import load_checkpoint, resolve
 
-    spec, step = _checked(resolve, args.suite, args.model, args.checkpoint if args.checkpoint else "final")
+    spec, step = resolve(args.suite, args.model, args.checkpoint if args.checkpoint else "final")
     payload = {"suite": args.suite, **spec.as_dict()}
     if args.checkpoint is not None:
         payload["checkpoint"] = step
@@ -103,7 +115,7 @@ def cmd_train_toy(args: argparse.Namespace) -> None:
     models = args.models or list(TOY_MODELS)
     bad = [m for m in models if m not in TOY_MODELS]
     if bad:
-        raise UsageError(f"unknown toy model(s) {', '.join(bad)}; valid: {', '.join(TOY_MODELS)}")
+        raise InvalidInput(f"unknown toy model(s) {', '.join(bad)}; valid: {', '.join(TOY_MODELS)}")
     manifests = train_suite(models, force=args.force, progress=not args.json)
     payload = {m: {"heldout_loss_step0": man["heldout_loss"][min(man["heldout_loss"], key=int)],
                    "heldout_loss_final": man["heldout_loss"][max(man["heldout_loss"], key=int)],
@@ -130,18 +142,21 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from circuittrack.circuits.memory import check_size
     from circuittrack.models.checkpoints import load_checkpoint, resolve
-    from circuittrack.models.devices import parse_dtype
+    from circuittrack.models.devices import parse_device, parse_dtype
     from circuittrack.tasks import evaluate, get_task
+    from circuittrack.tasks.prompts import check_n
 
-    spec, step = _checked(resolve, args.suite, args.model, args.checkpoint)
-    task = _checked(get_task, args.task)
-    _checked(parse_dtype, args.dtype)
-    if args.n is not None and args.n < 1:
-        raise UsageError(f"--n must be at least 1, got {args.n}")
+    spec, step = resolve(args.suite, args.model, args.checkpoint)
+    task = get_task(args.task)
+    parse_dtype(args.dtype)
+    parse_device(args.device)
+    check_n(task.name, task.default_n if args.n is None else args.n)
+    batch = check_size("--batch-size", args.batch_size)
     ckpt = load_checkpoint(args.suite, spec.name, step, device=args.device, dtype=args.dtype)
-    data = _checked(task.make, ckpt.tokenizer, n=args.n, seed=args.seed)
-    result = evaluate(ckpt.model, data, batch_size=args.batch_size, device=args.device)
+    data = task.make(ckpt.tokenizer, n=args.n, seed=args.seed)
+    result = evaluate(ckpt.model, data, batch_size=32 if batch == "auto" else batch, progress=True)
     payload = {"suite": args.suite, "model": spec.name, "checkpoint": step, "tokens_seen": spec.tokens(step),
                "task": task.name, "metric_kind": task.metric_kind,
                "seed": task.default_seed if args.seed is None else args.seed, **result}
@@ -157,64 +172,73 @@ def _register_task_commands(add: Callable) -> None:
     sp.add_argument("--task", required=True, help="task name (see `circuittrack tasks`)")
     sp.add_argument("--n", type=int, default=None, help="number of examples (default: the task's)")
     sp.add_argument("--seed", type=int, default=None, help="dataset seed (default: the task's)")
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--batch-size", type=_batch, default="auto", help="examples per pass, or auto (32)")
 
 
 # ----- circuit ---------------------------------------------------------------------------------------------
 def cmd_circuit(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
+    from circuittrack.circuits.discovery import check_options, discover
     from circuittrack.models.checkpoints import load_checkpoint, resolve
-    from circuittrack.circuits.discovery import discover, validate
     from circuittrack.tasks import get_task
+    from circuittrack.tasks.prompts import check_n
 
-    spec, step = _checked(resolve, args.suite, args.model, args.checkpoint)
-    _checked(get_task, args.task)
-    _checked(validate, args.method, args.backend, args.ig_steps, args.dtype)
-    for flag, value in (("--scores-out", args.scores_out), ("--circuit-out", args.circuit_out)):
-        if value and Path(value).suffix not in (".csv", ".parquet", ".json"):
-            raise UsageError(f"{flag} must end in .csv, .parquet or .json, got {value!r}")
+    spec, step = resolve(args.suite, args.model, args.checkpoint)
+    task = get_task(args.task)
+    check_options(args.method, args.backend, args.ig_steps, args.dtype, args.device, args.batch_size,
+                  args.circuit_batch, args.threshold, args.max_size)
+    check_n(task.name, task.default_n if args.n is None else args.n)
+    _check_out("--scores-out", args.scores_out, SCORE_SUFFIXES)
+    _check_out("--circuit-out", args.circuit_out, CIRCUIT_SUFFIXES)
     ckpt = load_checkpoint(args.suite, spec.name, step, device=args.device, dtype=args.dtype)
-    result = _checked(discover, args.suite, spec.name, step, args.task, method=args.method,
-                      ig_steps=args.ig_steps, backend=args.backend, n=args.n, seed=args.seed,
-                      batch_size=args.batch_size, threshold=args.threshold, max_size=args.max_size,
-                      progress=not args.json, loaded=ckpt)
+    result = discover(args.suite, spec.name, step, args.task, method=args.method, ig_steps=args.ig_steps,
+                      backend=args.backend, device=args.device, dtype=args.dtype, n=args.n, seed=args.seed,
+                      batch_size=args.batch_size, circuit_batch=args.circuit_batch, threshold=args.threshold,
+                      max_size=args.max_size, progress=True, loaded=ckpt)
     payload = {**result.summary(), "nodes": result.circuit.nodes}
     if args.scores_out:
         payload["scores_out"] = str(result.circuit.write_scores(args.scores_out))
     if args.circuit_out:
         payload["circuit_out"] = str(result.circuit.save(args.circuit_out))
+    _emit(args, payload, _circuit_text)
 
-    def text(p: dict) -> str:
-        return "\n".join([
-            f"{p['task']} circuit of {p['model']} step {p['checkpoint']} ({p['method']}, {p['backend']}, "
-            f"{p['n_examples']} examples)",
-            f"  total edges            {p['total_edges']:,}",
-            f"  {'circuit at ' + format(p['threshold'], '.0%'):<23}{p['circuit_edges']:,} edges, "
-            f"{p['circuit_nodes']} nodes: {' '.join(p['nodes'])}"
-            + ("" if p["reached"] else "  (threshold NOT reached)"),
-            f"  faithfulness reached   {p['faithfulness']:.3f}",
-            f"  full / empty metric    {p['full_metric']:.4f} / {p['empty_metric']:.4f}",
-            f"  seconds                scoring {p['score_seconds']:.2f}, size search {p['search_seconds']:.2f} "
-            f"({p['n_evaluate_calls']} batched evaluations)",
-        ] + [f"  wrote {p[k]}" for k in ("scores_out", "circuit_out") if k in p])
 
-    _emit(args, payload, text)
+def _circuit_text(p: dict) -> str:
+    head = (f"{p['task']} circuit of {p['model']} step {p['checkpoint']} ({p['method']}, {p['backend']}, "
+            f"{p['n_examples']} examples)")
+    if p["status"] == "undefined":
+        found = [f"  faithfulness undefined: {p['undefined_reason']}; no circuit (the metric curve was recorded)"]
+    else:
+        found = [f"  {'circuit at ' + format(p['threshold'], '.0%'):<23}{p['circuit_edges']:,} edges, "
+                 f"{p['circuit_nodes']} nodes: {' '.join(p['nodes'])}"
+                 + ("" if p["reached"] else f"  (threshold NOT reached by {p['max_size']:,} edges)"),
+                 f"  faithfulness reached   {p['faithfulness']:.3f}"]
+    return "\n".join([
+        head,
+        f"  total edges            {p['total_edges']:,}",
+        *found,
+        f"  full / empty metric    {p['full_metric']:.4f} / {p['empty_metric']:.4f}",
+        f"  seconds                scoring {p['score_seconds']:.2f}, size search {p['search_seconds']:.2f} "
+        f"({p['n_evaluate_calls']} batched evaluations)",
+    ] + [f"  wrote {p[k]}" for k in ("scores_out", "circuit_out") if k in p])
 
 
 def _register_circuit_command(add: Callable) -> None:
     sp = add("circuit", cmd_circuit, "find the smallest circuit reaching 80% faithfulness")
     _model_args(sp)
     sp.add_argument("--task", required=True, help="task name (see `circuittrack tasks`)")
-    sp.add_argument("--method", default="eap-ig-inputs", help="eap, eap-ig-inputs, eap-ig-activations, "
-                    "clean-corrupted or exact")
+    sp.add_argument("--method", default="eap-ig-inputs", help="eap, eap-ig-inputs (the paper's, default), "
+                    "eap-ig-activations, clean-corrupted or exact")
     sp.add_argument("--ig-steps", type=int, default=30, help="integrated-gradient steps (the paper: 30)")
-    sp.add_argument("--backend", default="transformer_lens", help="transformer_lens, nnsight or torch")
+    sp.add_argument("--backend", default="torch", help="torch (default, fastest), nnsight or transformer_lens")
     sp.add_argument("--n", type=int, default=None, help="number of examples (default: the task's)")
     sp.add_argument("--seed", type=int, default=None, help="dataset seed (default: the task's)")
-    sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--threshold", type=float, default=0.8, help="faithfulness the circuit must reach")
-    sp.add_argument("--max-size", type=int, default=None, help="cap on greedy size (the paper: 1600)")
+    sp.add_argument("--batch-size", type=_batch, default="auto",
+                    help="examples per pass, or auto (32, less if memory is short)")
+    sp.add_argument("--circuit-batch", type=_batch, default="auto",
+                    help="circuits per evaluation pass, or auto (8, less if memory is short)")
+    sp.add_argument("--threshold", type=float, default=0.8, help="faithfulness the circuit must reach (0.8)")
+    sp.add_argument("--max-size", type=int, default=1600,
+                    help="largest greedy circuit searched, in edges (the paper: 1600; capped at the edge count)")
     sp.add_argument("--scores-out", default=None, help="write every edge's score (.csv or .parquet)")
     sp.add_argument("--circuit-out", default=None, help="save the circuit (.json, .csv or .parquet)")
 
@@ -263,12 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except UsageError as err:
-        print(f"circuittrack {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except CheckpointUnavailable as err:
-        print(f"circuittrack {args.command}: {err}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    except CircuittrackError as err:
+        kind = "error: " if isinstance(err, InvalidInput) else ""
+        print(f"circuittrack {args.command}: {kind}{err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"circuittrack {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -6,23 +6,27 @@ is validated before the checkpoint is loaded.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from circuittrack.circuits.attribution import METHODS, attribute
-from circuittrack.models.runners import BACKENDS
-from circuittrack.models.checkpoints import LoadedModel, load_checkpoint, resolve
-from circuittrack.models.devices import parse_dtype
-from circuittrack.circuits.faithfulness import PAPER_THRESHOLD
-from circuittrack.circuits.size import PAPER_MAX_SIZE, SizeResult, find_circuit_size
 from circuittrack.circuits.circuit import Circuit
 from circuittrack.circuits.evaluation import evaluate_circuits
+from circuittrack.circuits.faithfulness import PAPER_THRESHOLD
 from circuittrack.circuits.graph import Graph
-from circuittrack.errors import InvalidInput
-from circuittrack.tasks import TaskData, get_task
-
+from circuittrack.circuits.memory import DEFAULT_CIRCUITS, check_size
+from circuittrack.circuits.size import PAPER_MAX_SIZE, SizeResult, find_circuit_size
+from circuittrack.errors import InvalidInput, choices
+from circuittrack.models.checkpoints import LoadedModel, load_checkpoint, resolve
+from circuittrack.models.devices import dtype_name, parse_device, parse_dtype
+from circuittrack.models.runners import DEFAULT_BACKEND, check_backend, get_runner
+from circuittrack.progress import progress_bar
+from circuittrack.tasks.data import TaskData
+from circuittrack.tasks.prompts import check_n
+from circuittrack.tasks.registry import get_task
 
 @dataclass
 class DiscoveryResult:
@@ -37,45 +41,67 @@ class DiscoveryResult:
 
     def summary(self) -> dict:
         g = self.circuit.graph
-        return {**self.metadata, "total_edges": g.n_edges, "circuit_edges": self.size.n_edges,
+        return {**self.metadata, "status": self.size.status, "undefined_reason": self.size.undefined,
+                "total_edges": g.n_edges, "circuit_edges": self.size.n_edges,
                 "circuit_nodes": self.size.n_nodes, "greedy_size": self.size.size,
                 "faithfulness": self.size.faithfulness, "reached": self.size.reached,
-                "threshold": self.size.threshold, "full_metric": self.size.full_metric,
+                "threshold": self.size.threshold, "max_size": self.size.max_size,
+                "full_metric": self.size.full_metric,
                 "empty_metric": self.size.empty_metric, "n_examples": self.n_examples,
                 "score_seconds": round(self.score_seconds, 3), "search_seconds": round(self.search_seconds, 3),
                 "n_evaluate_calls": self.size.n_evaluate_calls}
 
 
-def validate(method: str, backend: str, ig_steps: int, dtype: str | torch.dtype | None = None) -> None:
-    """Reject bad options before any loading (errors list the valid choices)."""
+def check_options(method: str = "eap-ig-inputs", backend: str = DEFAULT_BACKEND, ig_steps: int = 30,
+                  dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+                  batch_size: int | str = "auto", circuit_batch: int | str = "auto",
+                  threshold: float = PAPER_THRESHOLD, max_size: int | None = PAPER_MAX_SIZE) -> None:
+    """Reject bad options before any loading; each error names the valid choices."""
     if method not in METHODS:
-        raise InvalidInput(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    if backend not in BACKENDS:
-        raise InvalidInput(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    if ig_steps < 1:
-        raise InvalidInput(f"--ig-steps must be at least 1, got {ig_steps}")
+        raise InvalidInput(f"unknown method {method!r}; valid methods: {choices(METHODS)}")
+    check_backend(backend)
+    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
+        raise InvalidInput(f"ig_steps must be a positive integer (the paper: 30), got {ig_steps!r}")
     if dtype is not None:
         parse_dtype(dtype)
+    if device is not None:
+        parse_device(device)
+    check_size("batch_size", batch_size)
+    check_size("circuit_batch", circuit_batch)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+            or threshold <= 0:
+        raise InvalidInput(f"threshold must be a positive finite number (the paper: 0.8), got {threshold!r}")
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+        raise InvalidInput(f"max_size must be a positive integer (the paper: {PAPER_MAX_SIZE}), got {max_size!r}")
 
 
 def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_steps: int = 30,
-                 backend: str = "transformer_lens", batch_size: int = 32, threshold: float = PAPER_THRESHOLD,
-                 max_size: int | None = None, circuit_batch: int = 8, progress: bool = True,
+                 backend: str = DEFAULT_BACKEND, batch_size: int | str = "auto", threshold: float = PAPER_THRESHOLD,
+                 max_size: int | None = PAPER_MAX_SIZE, circuit_batch: int | str = "auto", progress: bool = True,
+                 device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
                  metadata: dict | None = None) -> DiscoveryResult:
     """Score every edge of ``model`` (a HF causal LM) on ``data`` and find the smallest greedy circuit whose
-    faithfulness reaches ``threshold`` (the paper: EAP-IG-inputs with 30 steps, 0.8)."""
-    validate(method, backend, ig_steps)
-    graph = Graph.from_config(model.config)
+    faithfulness reaches ``threshold``, up to ``max_size`` edges (the paper: EAP-IG-inputs, 30 steps, 0.8, 1600).
+    When the full model's metric is not positive the result has ``status == "undefined"`` (see
+    :func:`circuittrack.circuits.size.find_circuit_size`). The model itself is never changed."""
+    check_options(method, backend, ig_steps, dtype, device, batch_size, circuit_batch, threshold, max_size)
+    dtype = parse_dtype(dtype) if dtype is not None else None
+    runner = get_runner(backend, model, device=device, dtype=dtype)
+    graph = Graph(runner.arch.n_layers, runner.arch.n_heads, runner.arch.parallel)
     t0 = time.perf_counter()
-    scores = attribute(model, graph, data, method=method, ig_steps=ig_steps, batch_size=batch_size,
-                       backend=backend, progress=progress)
+    scores = attribute(runner, graph, data, method=method, ig_steps=ig_steps, batch_size=batch_size,
+                       progress=progress)
     t1 = time.perf_counter()
+    bar = progress_bar(progress, None, "size search", unit="call")
 
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
-        return evaluate_circuits(model, graph, data, masks, batch_size=batch_size, circuit_batch=circuit_batch,
-                                 backend=backend)
+        out = evaluate_circuits(runner, graph, data, masks, batch_size=batch_size, circuit_batch=k)
+        bar.update(1)
+        return out
 
-    size = find_circuit_size(graph, scores, evaluate, threshold=threshold, max_size=max_size, k=circuit_batch)
+    k = DEFAULT_CIRCUITS if circuit_batch == "auto" else circuit_batch
+    size = find_circuit_size(graph, scores, evaluate, threshold=threshold, max_size=max_size, k=k)
+    bar.close()
     t2 = time.perf_counter()
     meta = {**(metadata or {}), "method": method, "ig_steps": ig_steps, "backend": backend}
     circuit = Circuit(graph, scores, size.in_circuit, {**meta, **size.summary()})
@@ -83,19 +109,22 @@ def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_ste
 
 
 def discover(suite: str, model: str, checkpoint: int | str, task: str, *, method: str = "eap-ig-inputs",
-             ig_steps: int = 30, backend: str = "transformer_lens", device: str = "cpu",
+             ig_steps: int = 30, backend: str = DEFAULT_BACKEND, device: str = "cpu",
              dtype: str | torch.dtype = "float32", n: int | None = None, seed: int | None = None,
-             batch_size: int = 32, threshold: float = PAPER_THRESHOLD, max_size: int | None = None,
-             progress: bool = True, loaded: LoadedModel | None = None) -> DiscoveryResult:
-    """Load a checkpoint and run :func:`find_circuit` on a task's default (or given) dataset."""
+             batch_size: int | str = "auto", circuit_batch: int | str = "auto", threshold: float = PAPER_THRESHOLD,
+             max_size: int | None = PAPER_MAX_SIZE, progress: bool = True,
+             loaded: LoadedModel | None = None) -> DiscoveryResult:
+    """Load a checkpoint and run :func:`find_circuit` on a task's default (or given) dataset; every argument is
+    checked before the checkpoint is loaded."""
     spec, step = resolve(suite, model, checkpoint)
     task_obj = get_task(task)
-    validate(method, backend, ig_steps, dtype)
+    check_options(method, backend, ig_steps, dtype, device, batch_size, circuit_batch, threshold, max_size)
+    check_n(task_obj.name, task_obj.default_n if n is None else n)
     ckpt = loaded or load_checkpoint(suite, spec.name, step, device=device, dtype=dtype)
     data = task_obj.make(ckpt.tokenizer, n=n, seed=seed)
     meta = {"suite": suite, "model": spec.name, "checkpoint": step, "tokens_seen": spec.tokens(step),
             "task": task_obj.name, "seed": task_obj.default_seed if seed is None else seed,
-            "dtype": str(ckpt.dtype).removeprefix("torch."), "device": str(ckpt.device)}
+            "dtype": dtype_name(ckpt.dtype), "device": str(ckpt.device)}
     return find_circuit(ckpt.model, data, method=method, ig_steps=ig_steps, backend=backend,
-                        batch_size=batch_size, threshold=threshold, max_size=max_size, progress=progress,
-                        metadata=meta)
+                        batch_size=batch_size, circuit_batch=circuit_batch, threshold=threshold, max_size=max_size,
+                        progress=progress, metadata=meta)

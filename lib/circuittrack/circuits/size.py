@@ -3,10 +3,12 @@
 :func:`find_circuit_size` searches the greedy prefixes with a batched K-ary scan and refinement; its docstring
 states what it guarantees against the exhaustive sweep :func:`exhaustive_circuit_size`.
 
-How this differs from the paper's search: the paper evaluates the sizes 25, 50, ..., 1600 and then refines
-adaptively in steps of 25 edges; we use the same criterion (smallest greedy size with faithfulness >= 0.8, up to
-1600 edges by default) but at single-edge resolution, so our sizes are exact first crossings where the paper's
-are rounded up to its grid. Use ``faithfulness_curve(..., paper_grid())`` to reproduce the paper's grid.
+How this differs from the paper's search (``get_faithfulness_metrics_adaptive``: sizes 25, 50, ... up to 1600,
+the step halved once faithfulness passes 0.6, a binary search of the crossing interval with a +-5 linear check):
+same criterion (the smallest greedy size with faithfulness >= 0.8), same plain ratio, same 1600-edge cap by
+default, but an exact first crossing among evaluated sizes, with the guarantee stated in
+:func:`find_circuit_size`. On a non-decreasing curve both give the same size. Use
+``faithfulness_curve(..., paper_grid())`` to reproduce the paper's grid.
 """
 
 from __future__ import annotations

@@ -136,10 +136,8 @@ def _load_from_hub(hf_id: str, revision: str, dtype: torch.dtype):
         if hub_offline():
             raise CheckpointUnavailable(
                 f"{hf_id} at revision {revision} is not in the local Hugging Face cache and the hub cannot be "
-                f"reached (offline). On a machine with internet run:\n"
-                f"    hf download {hf_id} --revision {revision}\n"
-                f"(or `huggingface-cli download {hf_id} --revision {revision}`), then copy the cache "
-                f"($HF_HOME, default ~/.cache/huggingface) here or point HF_HOME at it.") from err
+                f"reached (offline); on a machine with internet run `hf download {hf_id} --revision {revision}`, "
+                f"then copy the cache ($HF_HOME, default ~/.cache/huggingface) here or point HF_HOME at it") from err
     model = AutoModelForCausalLM.from_pretrained(hf_id, revision=revision, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(hf_id, revision=revision)
     return model, tok

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import torch
 
+from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
 from circuittrack.errors import InvalidInput
 from circuittrack.tasks.metrics import answer_logits, metric_per_example
 
 
 @torch.no_grad()
-def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device | str | None = None) -> dict:
+def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device | str | None = None,
+             progress: bool = False) -> dict:
     """``dict(metric=mean metric, accuracy=fraction with metric > 0, n=examples)`` on the clean prompts.
 
     ``model(input_ids).logits`` must give [batch, P, V] next-token logits. Right padding needs no attention mask:
     the causal model reads position ``answer_pos`` only from the real tokens before it. ``device`` defaults to
-    the device of the model's parameters.
+    the device of the model's parameters. ``progress`` shows a bar (with the time left) on stderr.
     """
     if batch_size < 1:
         raise InvalidInput(f"batch_size must be a positive integer, got {batch_size}")
@@ -25,10 +27,13 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
         except (AttributeError, StopIteration):
             device = torch.device("cpu")
     scores = []
+    bar = progress_bar(progress, -(-len(data) // batch_size), f"evaluate {data.task}", unit="batch")
     for batch in data.batches(batch_size):
         b = batch.to(device)
         logits = model(b.clean).logits  # [b, P, V]
         scores.append(metric_per_example(answer_logits(logits, b), b).float().cpu())  # [b]
+        bar.update(1)
+    bar.close()
     per_example = torch.cat(scores)  # [n]
     return {
         "metric": float(per_example.mean()),
