@@ -128,3 +128,17 @@ def test_eval_shows_progress_and_undefined_faithfulness_is_reported(capsys):
     assert code == 0 and p["full_metric"] < 0, p
     assert p["status"] == "undefined" and "does not do the task" in p["undefined_reason"]
     assert p["circuit_edges"] is None and p["n_evaluate_calls"] >= 1
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's Python block runs as written (in a temporary directory) and prints what it says."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'n': 70" in out and "'status': 'reached'" in out and (tmp_path / "ioi_toy-s.json").exists()
