@@ -55,10 +55,12 @@ class LoadedModel:
         return wrap_transformer_lens(copy.deepcopy(self.model), self.tokenizer)
 
     def nnsight(self):
-        """The same weights as an nnsight model."""
+        """The same weights as an nnsight model (over a copy: nnsight installs itself on the modules it wraps)."""
+        import copy
+
         from circuittrack.models.runners.nnsight import wrap_nnsight
 
-        return wrap_nnsight(self.model, self.tokenizer)
+        return wrap_nnsight(copy.deepcopy(self.model), self.tokenizer)
 
     def describe(self) -> dict:
         cfg = self.model.config

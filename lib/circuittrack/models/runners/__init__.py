@@ -1,16 +1,18 @@
 """Runners: the same Hugging Face weights driven through TransformerLens, nnsight or plain PyTorch hooks.
 
 :func:`get_runner` gives the kernel-side :class:`~circuittrack.models.runners.runner.Runner` that the
-attribution and evaluation kernels are written against. It never changes the model it is given: a model on
-another device or dtype than asked for is converted as a copy, and the TransformerLens bridge (which rewires
-the modules it wraps) wraps a private copy. Copies are cached per model, keyed weakly, and rebuilt when the
-model's weights change in place.
+attribution and evaluation kernels are written against. It never changes the model it is given. The ``torch``
+backend hooks the caller's model only for the duration of a pass. The TransformerLens bridge rewires the modules
+it wraps and nnsight permanently installs its controller on them, so those backends, and any run on another
+device or dtype, work on a private copy made by this call. Copies are not cached (a cache would pin a second
+model in memory for as long as the caller's lives, and miss weight edits made through ``.data``): build the
+runner once with :func:`get_runner` and pass it to the kernels to reuse the copy, as
+:func:`~circuittrack.circuits.discovery.find_circuit` does.
 """
 
 from __future__ import annotations
 
 import copy
-import weakref
 
 import torch
 from torch import nn
@@ -25,7 +27,6 @@ BACKENDS = ("torch", "nnsight", "transformer_lens")
 #: Plain PyTorch hooks: the fastest backend in ``make bench`` (see docs/architecture.md), with identical scores.
 DEFAULT_BACKEND = "torch"
 _RUNNERS = {"transformer_lens": TransformerLensRunner, "nnsight": NNsightRunner, "torch": TorchRunner}
-_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf model -> {key: (fingerprint, runner)}
 
 
 def check_backend(backend: str) -> str:
@@ -53,27 +54,14 @@ def get_runner(backend: str, model, device: torch.device | str | None = None,
     if want_dev.type == "cuda" and want_dev.index is None:
         want_dev = torch.device("cuda", torch.cuda.current_device())
     same = first.device == want_dev and first.dtype == want_dtype
-    if same and (backend != "transformer_lens" or hf is not model):
-        # a bridge or nnsight object the user built runs as it is; a plain HF model on torch/nnsight too
-        return _RUNNERS[backend](model if backend != "torch" else hf)
-    key = (backend, str(want_dev), str(want_dtype))
-    cache = _COPIES.setdefault(hf, {})
-    stamp = _fingerprint(hf)
-    if key in cache and cache[key][0] == stamp:
-        return cache[key][1]
-    if same:  # transformer_lens over the caller's model: the runner wraps its own copy
-        runner = TransformerLensRunner(hf)
-    else:
-        private = copy.deepcopy(hf).to(device=want_dev, dtype=want_dtype)
-        runner = (TransformerLensRunner(private, copy_model=False) if backend == "transformer_lens"
-                  else _RUNNERS[backend](private))
-    cache[key] = (stamp, runner)
-    return runner
-
-
-def _fingerprint(model: nn.Module) -> tuple:
-    """Changes whenever a parameter is replaced or modified in place (torch bumps ``_version``)."""
-    return tuple((id(p), p._version, p.device, p.dtype) for p in model.parameters())
+    if same and backend == "torch":
+        return TorchRunner(hf)
+    if same and hf is not model:  # a bridge or nnsight object the user built: theirs to change
+        return _RUNNERS[backend](model)
+    private = copy.deepcopy(hf) if same else copy.deepcopy(hf).to(device=want_dev, dtype=want_dtype)
+    if backend == "transformer_lens":
+        return TransformerLensRunner(private, copy_model=False)
+    return _RUNNERS[backend](private)
 
 
 def underlying_hf(model) -> nn.Module:

@@ -17,7 +17,9 @@ from circuittrack.models.runners.runner import Runner
 def wrap_nnsight(hf_model: nn.Module, tokenizer=None):
     """The nnsight object for a HF model: ``TransformersModel`` when a tokenizer is given, else ``NNsight``.
 
-    Neither modifies ``hf_model``.
+    nnsight 0.8 permanently installs its controller on every module it wraps (``module.forward`` becomes an
+    instance attribute); :meth:`LoadedModel.nnsight` and :func:`~circuittrack.models.runners.get_runner` therefore
+    wrap a copy.
     """
     import nnsight
 
