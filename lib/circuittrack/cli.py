@@ -155,6 +155,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     check_n(task.name, task.default_n if args.n is None else args.n)
     batch = check_size("--batch-size", args.batch_size)
     ckpt = load_checkpoint(args.suite, spec.name, step, device=args.device, dtype=args.dtype)
+    if (args.n or 0) > 5000:
+        print(f"circuittrack eval: building {args.n:,} {task.name} prompts", file=sys.stderr)
     data = task.make(ckpt.tokenizer, n=args.n, seed=args.seed)
     result = evaluate(ckpt.model, data, batch_size=32 if batch == "auto" else batch, progress=True)
     payload = {"suite": args.suite, "model": spec.name, "checkpoint": step, "tokens_seen": spec.tokens(step),
