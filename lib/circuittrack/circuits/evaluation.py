@@ -235,13 +235,16 @@ class _PatchedPass:
             corr = self.run.sources[self.slot_of[pos]]
             self.delta[:, pos] = cur[:, :, j].reshape(K, B, P, d) - corr
 
-    def _sum(self, n_upstream: int, cols: Tensor) -> Tensor:
-        """sign * sum_u m[k, u, j] delta[k, u] over active sources upstream of the columns: [K, J, B, P, d]."""
+    def _patched(self, base: Tensor, n_upstream: int, cols: Tensor) -> Tensor:
+        """base + sign * sum_u m[k, u, j] delta[k, u] over the active sources upstream of the columns: [K, J, B, P, d]
+        (built in place on the one new tensor)."""
         K, B, P, d = self.K, self.B, self.P, self.a.d_model
         u = int(torch.searchsorted(self.active, torch.tensor(n_upstream, device=self.active.device)))
         m = self.m[:, :u].index_select(2, cols).transpose(1, 2)  # [K, J, u]
-        add = torch.bmm(m, self.delta[:, :u].reshape(K, u, B * P * d)).view(K, len(cols), B, P, d)
-        return add if self.sign > 0 else -add
+        out = torch.bmm(m, self.delta[:, :u].reshape(K, u, B * P * d)).view(K, len(cols), B, P, d)
+        if self.sign < 0:
+            out.neg_()
+        return out.add_(base)
 
     def _base(self, current: Tensor, key) -> Tensor:
         """The input the sum is added to: [K, 1, B, P, d] float32 (corrupted run's, or the current one)."""
@@ -262,9 +265,10 @@ class _PatchedPass:
         else:
             out = val.view(K, B, P, H, dh).clone()
         if len(heads):
-            X = self._base(self.xs[l], ("attn", l)) + self._sum(g.n_src_before_layer(l), c0 + heads)
+            X = self._patched(self._base(self.xs[l], ("attn", l)), g.n_src_before_layer(l), c0 + heads)
             w, b, eps = a.ln1(l)
             Y = F.layer_norm(X, (d,), f32(w), f32(b), eps)  # [K, J, B, P, d]
+            del X
             W, bias = a.qkv_params(l)
             proj = torch.einsum("kjbpd,jed->kbpje", Y, f32(W[t]).index_select(0, heads)) \
                 + f32(bias[t]).index_select(0, heads)
@@ -278,7 +282,7 @@ class _PatchedPass:
                 return None
             return self.run.inputs[key].unsqueeze(0).expand(K, B, P, d).reshape(K * B, P, d).to(x.dtype)
         cols = torch.tensor([col], device=x.device)
-        X = self._base(x, key) + self._sum(n_upstream, cols)
+        X = self._patched(self._base(x, key), n_upstream, cols)
         return X.view(K * B, P, d).to(x.dtype)
 
     def _mlp_in(self, l: int, x: Tensor) -> Tensor | None:
