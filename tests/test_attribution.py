@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from circuittrack.circuits.graph import Graph
 from circuittrack.tasks.metrics import metric
 
@@ -233,12 +232,10 @@ def _z_of(model, graph, data, ids, layer):
 import copy  # noqa: E402
 
 import pytest  # noqa: E402
-
 from circuittrack.circuits.attribution import METHODS, attribute  # noqa: E402
-from circuittrack.models.runners import get_runner  # noqa: E402
 from circuittrack.circuits.evaluation import evaluate_circuits, run_metric  # noqa: E402
+from circuittrack.models.runners import get_runner  # noqa: E402
 from conftest import make_neox, make_task  # noqa: E402
-
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -6,15 +6,12 @@ import copy
 
 import pytest
 import torch
-
-from circuittrack.models.hooks import Hooks
+from circuittrack.models.hooks import Hooks, merge_hooks
 from circuittrack.models.runners import BACKENDS, get_runner
 from circuittrack.models.runners.nnsight import wrap_nnsight
 from circuittrack.models.runners.transformer_lens import wrap_transformer_lens
-from circuittrack.models.hooks import merge_hooks
 from conftest import make_neox
 from test_attribution import _get, _parts
-
 
 
 def test_pythia_160m_shaped_logits_equal_hf():

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from circuittrack import find_circuit, get_task, load_checkpoint
 from circuittrack.circuits.attribution import attribute
 from circuittrack.circuits.evaluation import evaluate_circuits

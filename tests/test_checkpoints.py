@@ -4,9 +4,8 @@ import socket
 import time
 
 import pytest
-
-from circuittrack.models import checkpoints
 from circuittrack.errors import CheckpointUnavailable
+from circuittrack.models import checkpoints
 from circuittrack.models.checkpoints import load_checkpoint
 from circuittrack.models.devices import parse_dtype
 

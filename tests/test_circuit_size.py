@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
-
 from circuittrack.circuits.circuit import Circuit
 from circuittrack.circuits.faithfulness import faithfulness, faithfulness_curve, log_grid, paper_grid, undefined_reason
+from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.selection import count_nodes, greedy, greedy_order, prefix_masks, prune_dead_nodes
 from circuittrack.circuits.size import exhaustive_circuit_size, find_circuit_size
-from circuittrack.circuits.graph import Graph
 
 THRESHOLD = 0.8
 

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 import torch
-
 from circuittrack.circuits.circuit import Circuit, infer_graph, read_scores, write_scores
+from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.selection import (
     circuit_nodes,
     count_nodes,
@@ -18,7 +18,6 @@ from circuittrack.circuits.selection import (
     threshold,
     top_n,
 )
-from circuittrack.circuits.graph import Graph
 
 GRAPHS = [Graph(2, 2), Graph(3, 4), Graph(2, 3, parallel_attn_mlp=False)]
 

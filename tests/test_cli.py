@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from circuittrack.cli import main
 
 

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-from circuittrack.models.runners import get_runner
-import dataclasses
-
-from circuittrack.circuits.evaluation import (CIRCUIT, COMPLEMENT, _PatchedPass, choose_forms, evaluate_circuits,
-                                          patched_metric, record_corrupted, run_metric)
 from circuittrack.circuits.attribution import attribute
-from circuittrack.errors import OutOfMemory
+from circuittrack.circuits.evaluation import (
+    CIRCUIT,
+    COMPLEMENT,
+    _PatchedPass,
+    choose_forms,
+    evaluate_circuits,
+    patched_metric,
+    record_corrupted,
+    run_metric,
+)
 from circuittrack.circuits.graph import Graph
+from circuittrack.errors import OutOfMemory
+from circuittrack.models.runners import get_runner
 from circuittrack.tasks.metrics import metric
 from conftest import make_task
 from test_attribution import _get, _parts, head_weights
-
 
 
 def literal_patched_metric(model, graph: Graph, data, circuit: torch.Tensor) -> torch.Tensor:
@@ -164,7 +169,8 @@ def test_bad_circuit_shape(neox_parallel):
 def sparse_and_dense_circuits(graph: Graph, seed: int) -> torch.Tensor:
     """Circuits from a handful of edges (circuit form) to nearly all edges (complement form)."""
     g = torch.Generator().manual_seed(seed)
-    keep = torch.rand(5, graph.n_src, graph.n_dst, generator=g) < torch.tensor([0.01, 0.05, 0.3, 0.7, 0.97])[:, None, None]
+    density = torch.tensor([0.01, 0.05, 0.3, 0.7, 0.97])[:, None, None]
+    keep = torch.rand(5, graph.n_src, graph.n_dst, generator=g) < density
     return keep & graph.edge_mask
 
 

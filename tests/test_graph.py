@@ -1,10 +1,9 @@
 """The computational graph: edge counts of the paper's models, names and topology."""
 
 import pytest
-from transformers import GPT2Config, GPTNeoXConfig
-
 from circuittrack.circuits.graph import Graph, count_edges
 from circuittrack.models.suites import get_model
+from transformers import GPT2Config, GPTNeoXConfig
 
 
 @pytest.mark.parametrize("model,shape,edges", [("pythia-70m", (55, 151), 3_580),

@@ -2,7 +2,8 @@
 
 ``get_runner`` promises never to move, cast or rewire the caller's model: a model needed on another device or in
 another dtype is copied, and the TransformerLens bridge (which rewires the modules it wraps) and nnsight (which
-installs its controller on them) work on a private copy made per call, so weight edits are always seen. These tests snapshot everything a call could plausibly
+installs its controller on them) work on a private copy made per call, so weight edits are always seen.
+These tests snapshot everything a call could plausibly
 touch on the caller's model (and data) and compare after every entry point on every backend, then check that the
 backends can be interleaved on one model object and that the private copies follow in-place weight edits.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from circuittrack.circuits.attribution import attribute
 from circuittrack.circuits.discovery import find_circuit
 from circuittrack.circuits.evaluation import evaluate_circuits

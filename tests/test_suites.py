@@ -1,9 +1,14 @@
 """Model suites and checkpoint schedules (no weights needed)."""
 
 import pytest
-
-from circuittrack.models.suites import (PAPER_SCHEDULES, PYTHIA_STEPS, PYTHIA_TOKENS_PER_STEP, get_model, get_suite,
-                                 register_hf_model)
+from circuittrack.models.suites import (
+    PAPER_SCHEDULES,
+    PYTHIA_STEPS,
+    PYTHIA_TOKENS_PER_STEP,
+    get_model,
+    get_suite,
+    register_hf_model,
+)
 from circuittrack.toy.config import TOY_MODELS, TOY_SCHEDULE, TOY_TRAIN_STEPS
 
 

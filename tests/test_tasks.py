@@ -7,12 +7,23 @@ from itertools import permutations
 
 import pytest
 import torch
+from circuittrack.tasks import (
+    TASKS,
+    Task,
+    evaluate,
+    gendered_pronoun,
+    get_task,
+    greater_than,
+    ioi,
+    list_tasks,
+    metric,
+    register,
+    sva,
+)
+from circuittrack.tasks import wordlists as W
+from circuittrack.tasks.csv_task import CsvRow, write_rows
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
-
-from circuittrack.tasks import TASKS, Task, evaluate, get_task, list_tasks, metric, register
-from circuittrack.tasks import gendered_pronoun, greater_than, ioi, sva, wordlists as W
-from circuittrack.tasks.csv_task import CsvRow, write_rows
 
 EOS = "<|endoftext|>"
 
@@ -75,10 +86,9 @@ SPLIT_GT_YEARS = [y for y in range(1100, 1800) if 2 <= y % 100 <= 98 and y // 10
 def tok(request) -> PreTrainedTokenizerFast:
     """Every check runs on a GPT-NeoX-convention BPE built here and on the toy suite's own tokenizer."""
     if request.param == "toy":
-        from transformers import AutoTokenizer
-
         from circuittrack.models.checkpoints import toy_checkpoint_dir
         from circuittrack.toy.train import train_suite
+        from transformers import AutoTokenizer
 
         train_suite(progress=False)  # cached: returns at once when the suite is trained
         return AutoTokenizer.from_pretrained(str(toy_checkpoint_dir("toy-s", 0)))

@@ -5,13 +5,11 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from circuittrack.tasks import get_task
 from circuittrack.tasks import wordlists as W
 from circuittrack.toy import corpus
 from circuittrack.toy.config import ToyShape
 from circuittrack.toy.train import TrainSettings, is_trained, train_suite
+from safetensors.torch import load_file
 
 MICRO = TrainSettings(steps=30, schedule=(0, 1, 2, 4, 8, 16, 30), batch_size=8, seq_len=32, vocab_size=700,
                       lr=1e-2, warmup=2, heldout_seqs=8, tokenizer_chars=200_000)

@@ -5,7 +5,6 @@ These tests need the trained suite (`make test` trains it first; a fixture train
 
 import pytest
 import torch
-
 from circuittrack.models.checkpoints import load_checkpoint
 from circuittrack.tasks import evaluate, get_task, list_tasks
 from circuittrack.toy.config import TOY_MODELS
@@ -97,9 +96,9 @@ def test_final_ioi_circuit_is_a_small_fraction_of_the_graph(toy_manifests, model
 @pytest.mark.parametrize("task", ["ioi", "sva"])
 def test_size_search_matches_an_exhaustive_sweep_on_a_real_model(toy_manifests, task):
     from circuittrack.circuits.attribution import attribute
-    from circuittrack.circuits.size import exhaustive_circuit_size, find_circuit_size
     from circuittrack.circuits.evaluation import evaluate_circuits
     from circuittrack.circuits.graph import Graph
+    from circuittrack.circuits.size import exhaustive_circuit_size, find_circuit_size
 
     ckpt = load_checkpoint("toy", "toy-s", "final")
     data = get_task(task).make(ckpt.tokenizer, n=24)

@@ -18,8 +18,15 @@ import pandas as pd
 import torch
 
 from circuittrack.circuits.graph import Graph
-from circuittrack.circuits.selection import (check_masks, check_scores, circuit_nodes, count_nodes, edge_flat_index,
-                                             edge_numbers, select)
+from circuittrack.circuits.selection import (
+    check_masks,
+    check_scores,
+    circuit_nodes,
+    count_nodes,
+    edge_flat_index,
+    edge_numbers,
+    select,
+)
 from circuittrack.errors import InvalidInput
 
 FORMAT = "circuittrack.circuit"
@@ -223,7 +230,8 @@ class Circuit:
         try:
             text = json.dumps(self.to_json_dict(), allow_nan=False)
         except (TypeError, ValueError) as err:
-            raise InvalidInput(f"circuit metadata must be JSON-serialisable (str/number/bool/list/dict): {err}") from err
+            raise InvalidInput("circuit metadata must be JSON-serialisable (str/number/bool/list/dict): "
+                               f"{err}") from err
         if suffix in TABLE_SUFFIXES:
             _write_table(self.to_table(), path)
             _atomic(path.with_suffix(".json"), lambda p: p.write_text(text))

@@ -28,6 +28,7 @@ from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.prompts import check_n
 from circuittrack.tasks.registry import get_task
 
+
 @dataclass
 class DiscoveryResult:
     """A found circuit with the facts the CLI and the sweeps report."""

@@ -20,15 +20,15 @@ every circuit's metric, with ``status = "undefined"`` and NaN faithfulness, and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
 
+from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.selection import count_nodes, edge_ranks, greedy_order, prefix_masks, prune_dead_nodes
 from circuittrack.errors import InvalidInput
-from circuittrack.circuits.graph import Graph
 
 Evaluate = Callable[[torch.Tensor], torch.Tensor]  # bool [K, n_src, n_dst] -> [K] or [K, n]
 
@@ -52,7 +52,8 @@ def undefined_reason(full_metric: float, empty_metric: float | None = None, norm
             return "normalised faithfulness needs a finite empty-circuit metric"
         if full_metric - empty_metric <= min_abs:
             return (f"the full-model metric ({full_metric:.4g}) does not exceed the empty-circuit metric "
-                    f"({empty_metric:.4g}) by more than {min_abs:g}: the corrupted input does not lower the task metric")
+                    f"({empty_metric:.4g}) by more than {min_abs:g}: the corrupted input does not lower the task "
+                    "metric")
         return None
     if full_metric <= min_abs:
         return (f"the full-model metric is {full_metric:.4g} (not above {min_abs:g}): the model does not do the task "
@@ -260,7 +261,8 @@ def faithfulness_curve(graph: Graph, scores: torch.Tensor | None, evaluate: Eval
                          f"got {sizes[0]}..{sizes[-1]}")
     if device is None and scores is not None:
         device = scores.device
-    sweep = GreedySweep(graph, greedy_prefix_order(graph, scores, order, sizes[-1], absolute), evaluate, k, prune, normalised,
+    sweep = GreedySweep(graph, greedy_prefix_order(graph, scores, order, sizes[-1], absolute), evaluate, k, prune,
+                        normalised,
                          full_metric, empty_metric, min_abs_full, device)
     sweep.run(sizes)
     return FaithfulnessCurve(sweep.points(), sweep.full, sweep.empty, normalised, sweep.calls, sweep.undefined)

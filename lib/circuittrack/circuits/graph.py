@@ -17,12 +17,12 @@ receives only from nodes before layer l; with sequential blocks (GPT-2) it also 
 
 from __future__ import annotations
 
-from circuittrack.errors import InvalidInput
-
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+
+from circuittrack.errors import InvalidInput
 
 QKV = ("q", "k", "v")
 

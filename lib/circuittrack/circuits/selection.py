@@ -20,8 +20,8 @@ from typing import Literal
 
 import torch
 
-from circuittrack.errors import InvalidInput
 from circuittrack.circuits.graph import Graph
+from circuittrack.errors import InvalidInput
 
 # ----- node bookkeeping -------------------------------------------------------------------------------------
 # Nodes are numbered like sources (input = 0, heads and MLPs by their row), with logits = n_src.

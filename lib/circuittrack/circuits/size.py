@@ -19,8 +19,17 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from circuittrack.circuits.faithfulness import (PAPER_THRESHOLD, Evaluate, FaithfulnessCurve, GreedySweep, SizePoint,
-                                                faithfulness_curve, greedy_prefix_order, log_grid, points_frame)
+from circuittrack.circuits.faithfulness import (
+    PAPER_THRESHOLD,
+    Evaluate,
+    FaithfulnessCurve,
+    GreedySweep,
+    SizePoint,
+    faithfulness_curve,
+    greedy_prefix_order,
+    log_grid,
+    points_frame,
+)
 from circuittrack.circuits.graph import Graph
 from circuittrack.errors import InvalidInput
 
@@ -60,7 +69,8 @@ class SizeResult:
 
     def summary(self) -> dict:
         """JSON-serialisable facts about the result, e.g. for a :class:`~circuittrack.circuits.Circuit`'s metadata."""
-        return {"status": self.status, "undefined_reason": self.undefined, "circuit_size": self.size, "n_edges": self.n_edges, "n_nodes": self.n_nodes,
+        return {"status": self.status, "undefined_reason": self.undefined, "circuit_size": self.size,
+                "n_edges": self.n_edges, "n_nodes": self.n_nodes,
                 "faithfulness": self.faithfulness, "reached": self.reached, "threshold": self.threshold,
                 "max_size": self.max_size, "full_metric": self.full_metric, "empty_metric": self.empty_metric,
                 "normalised": self.normalised, "n_evaluate_calls": self.n_evaluate_calls}

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuittrack.models.hooks import Hooks
-from circuittrack.models.runners import Runner
 from circuittrack.circuits.graph import Graph
 from circuittrack.errors import InvalidInput
+from circuittrack.models.hooks import Hooks
+from circuittrack.models.runners import Runner
 from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.metrics import metric_per_example
 

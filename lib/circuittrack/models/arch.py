@@ -12,12 +12,12 @@ blocks; fused ``c_attn`` Conv1D with [3, H, dh] output layout).
 
 from __future__ import annotations
 
-from circuittrack.errors import InvalidInput
-
 from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor, nn
+
+from circuittrack.errors import InvalidInput
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from circuittrack.errors import InvalidInput, choices
+from circuittrack.errors import InvalidInput
 from circuittrack.toy.config import TOY_CONTEXT, TOY_MODELS, TOY_SCHEDULE, TOY_TOKENS_PER_STEP, TOY_VOCAB_SIZE
 
 PYTHIA_TOKENS_PER_STEP = 2_097_152  # 1024 sequences x 2048 tokens

@@ -12,12 +12,12 @@ The loss used for attribution is the negated mean metric.
 
 from __future__ import annotations
 
-from circuittrack.errors import InvalidInput
-
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+
+from circuittrack.errors import InvalidInput
 
 MetricKind = Literal["logit_diff", "prob_diff"]
 

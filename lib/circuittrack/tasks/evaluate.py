@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from circuittrack.errors import InvalidInput
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
-from circuittrack.errors import InvalidInput
 from circuittrack.tasks.metrics import answer_logits, metric_per_example
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import random
 
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.prompts import build_task_data, encode_many, pad_id_of, single_token, single_token_words
 from circuittrack.tasks.task import Task
-from circuittrack.errors import InvalidInput
 from circuittrack.tasks.wordlists import GP_FEMALE_NAMES, GP_FRAMES, GP_MALE_NAMES, GP_PRONOUNS, GP_TEMPLATE
 
 NAME = "gendered-pronoun"

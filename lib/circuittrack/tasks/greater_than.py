@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import random
 
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.prompts import build_task_data, encode, encode_many, pad_id_of, single_token
 from circuittrack.tasks.task import Task
-from circuittrack.errors import InvalidInput
 from circuittrack.tasks.wordlists import GT_FIRST_YEAR, GT_LAST_YEAR, GT_NOUNS, GT_TEMPLATE
 
 NAME = "greater-than"

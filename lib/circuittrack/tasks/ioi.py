@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import random
 
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.prompts import build_task_data, encode_many, pad_id_of, single_token_words
 from circuittrack.tasks.task import Task
-from circuittrack.errors import InvalidInput
 from circuittrack.tasks.wordlists import (
     IOI_ABBA_TEMPLATES,
     IOI_BABA_TEMPLATES,

@@ -6,11 +6,11 @@ Add a task by writing a module that defines a :class:`Task` and calling :func:`r
 
 from __future__ import annotations
 
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.gendered_pronoun import TASK as GENDERED_PRONOUN
 from circuittrack.tasks.greater_than import TASK as GREATER_THAN
 from circuittrack.tasks.ioi import TASK as IOI
 from circuittrack.tasks.sva import TASK as SVA
-from circuittrack.errors import InvalidInput
 from circuittrack.tasks.task import Task
 
 TASKS: dict[str, Task] = {}

@@ -14,10 +14,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from circuittrack.errors import InvalidInput
 from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.prompts import build_task_data, encode_many, pad_id_of, single_token_words
 from circuittrack.tasks.task import Task
-from circuittrack.errors import InvalidInput
 from circuittrack.tasks.wordlists import (
     SVA_COMPLEMENT_SUBJECTS,
     SVA_COMPLEMENT_VERBS,

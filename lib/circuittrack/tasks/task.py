@@ -32,7 +32,8 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.metric_kind not in METRIC_KINDS:
-            raise InvalidInput(f"task {self.name!r}: metric_kind must be one of {METRIC_KINDS}, got {self.metric_kind!r}")
+            raise InvalidInput(f"task {self.name!r}: metric_kind must be one of {METRIC_KINDS}, "
+                               f"got {self.metric_kind!r}")
 
     def make(self, tokenizer, n: int | None = None, seed: int | None = None) -> TaskData:
         """Build ``n`` examples (default :attr:`default_n`) with ``seed`` (default :attr:`default_seed`)."""

@@ -6,9 +6,9 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch, get_path, is_wrapped_by_transformer_lens
 from circuittrack.models.hooks import Hooks, intervene_input, intervene_qkv, mlp_in_callbacks
-from circuittrack.errors import InvalidInput
 from circuittrack.models.runners.runner import Runner
 
 
