@@ -54,7 +54,8 @@ book: notebooks
 	@$(VENV)/bin/jupyter-book build . --path-output . -q
 	@echo "==> open _build/html/index.html"
 
-## bench: EAP-IG speed and memory on the largest toy model and a random Pythia-160m shape (DEVICE=cuda on a GPU)
+## bench: EAP-IG speed and memory (toy-l, a random Pythia-160m shape) and circuit discovery at Pythia-2.8b graph
+##        size (scores, greedy order over 1.6M edges, size search to 1600 edges); DEVICE=cuda on a GPU
 DEVICE ?= cpu
 bench: toy
 	@mkdir -p benchmarks/out
@@ -63,6 +64,8 @@ bench: toy
 	  --out benchmarks/out/attribution-toy-l-$(DEVICE).json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) \
 	  --out benchmarks/out/attribution-pythia160m-$(DEVICE).json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_circuits.py --device $(DEVICE) \
+	  --out benchmarks/out/circuits-pythia2.8b-graph-$(DEVICE).json
 
 clean-book:
 	rm -rf _build book/executed
