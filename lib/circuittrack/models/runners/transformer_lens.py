@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import weakref
 from functools import partial
 
 from torch import Tensor, nn
@@ -37,16 +38,22 @@ def _placeholder_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
 
 
+_TOKENIZER_DIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> TemporaryDirectory
+
+
 def _reloadable(tokenizer):
-    """TL re-loads tokenizers that have a BOS token from ``name_or_path``; an in-memory one is saved to a
-    (kept) temporary directory first and loaded from there."""
+    """TL re-loads tokenizers that have a BOS token from ``name_or_path``; an in-memory one is saved once to a
+    temporary directory (removed when the tokenizer is collected or the process exits) and loaded from there."""
     if tokenizer.bos_token is None or tokenizer.init_kwargs.get("name_or_path"):
         return tokenizer
     from transformers import AutoTokenizer
 
-    d = tempfile.mkdtemp(prefix="circuittrack-tokenizer-")
-    tokenizer.save_pretrained(d)
-    return AutoTokenizer.from_pretrained(d)
+    saved = _TOKENIZER_DIRS.get(tokenizer)
+    if saved is None:
+        saved = tempfile.TemporaryDirectory(prefix="circuittrack-tokenizer-")
+        tokenizer.save_pretrained(saved.name)
+        _TOKENIZER_DIRS[tokenizer] = saved
+    return AutoTokenizer.from_pretrained(saved.name)
 
 
 def wrap_transformer_lens(hf_model: nn.Module, tokenizer=None):
