@@ -28,6 +28,7 @@ _PUBLIC = {
     "discover": "circuittrack.circuits.discovery",
     "find_circuit_size": "circuittrack.circuits.size",
     "Circuit": "circuittrack.circuits.circuit",
+    "load_results": "circuittrack.sweeps.store",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -245,6 +245,74 @@ def _register_circuit_command(add: Callable) -> None:
     sp.add_argument("--circuit-out", default=None, help="save the circuit (.json, .csv or .parquet)")
 
 
+# ----- sweep / status --------------------------------------------------------------------------------------
+def _grid_and_store(args: argparse.Namespace):
+    from circuittrack.sweeps.grid import load_grid
+    from circuittrack.sweeps.store import Store
+
+    return load_grid(args.grid), Store(args.store)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from circuittrack.sweeps.run import plan, run_grid
+
+    grid, store = _grid_and_store(args)
+    if args.jobs < 1:
+        raise InvalidInput(f"--jobs must be a positive integer, got {args.jobs}")
+    if args.dry_run:
+        _emit(args, plan(grid, store), _plan_text)
+        return 0
+    report = run_grid(grid, store, jobs=args.jobs, progress=True)
+    payload = {"grid": grid.name, "computed": len(report.computed), "skipped_done": report.skipped,
+               "failed": [{"job": label, "error": err} for _, label, err in report.failed],
+               "wall_seconds": round(report.wall_seconds, 1), "load_seconds": round(report.load_seconds, 1),
+               "work_seconds": round(report.work_seconds, 1), "store": str(store.root)}
+    _emit(args, payload, lambda p: "\n".join(
+        [f"{p['grid']}: computed {p['computed']} jobs, {p['skipped_done']} already done, {len(p['failed'])} failed "
+         f"in {p['wall_seconds']:.0f} s (loading {p['load_seconds']:.0f} s, analyses {p['work_seconds']:.0f} s); "
+         f"results in {p['store']}"] + [f"  FAILED {f['job']}: {f['error']}" for f in p["failed"]]))
+    if report.failed:
+        print(f"circuittrack sweep: {len(report.failed)} job(s) failed (recorded in the store; "
+              "`circuittrack status --grid FILE` lists them); rerun the same command to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _plan_text(p: dict) -> str:
+    per = ", ".join(f"{m} {n}" for m, n in p["checkpoints_per_model"].items())
+    return "\n".join([
+        f"grid {p['grid']} ({p['suite']} suite): {p['units']} checkpoints, {p['jobs']} jobs",
+        f"  checkpoints per model: {per}",
+        f"  done {p['done']}, pending {p['pending']}, failed {p['failed']}",
+        f"  to download: {p['to_download']} checkpoints, {p['download_gb']} GB",
+        f"  estimate: about {p['estimate_hours']} hours of compute on {p['device']} (rough: FLOPs at an assumed "
+        "throughput)"])
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from circuittrack.sweeps.run import status
+
+    grid, store = _grid_and_store(args)
+    st = status(grid, store)
+    payload = {"grid": grid.name, "done": len(st.done), "pending": len(st.pending), "failed": len(st.failed),
+               "failures": [{"job": j.label(), "error": e} for j, e in st.failed]}
+    _emit(args, payload, lambda p: "\n".join(
+        [f"{p['grid']}: done {p['done']}, pending {p['pending']} (of which failed {p['failed']})"]
+        + [f"  FAILED {f['job']}: {f['error']}" for f in p["failures"]]))
+
+
+def _register_sweep_commands(add: Callable) -> None:
+    for name, fn, help_ in (("sweep", cmd_sweep, "run every analysis of a grid file, resuming what is missing"),
+                            ("status", cmd_status, "done, pending and failed jobs of a grid file")):
+        sp = add(name, fn, help_)
+        sp.add_argument("--grid", required=True, help="grid YAML file (see grids/)")
+        sp.add_argument("--store", default=None, help="results directory (default: $CIRCUITTRACK_DATA/results)")
+        if name == "sweep":
+            sp.add_argument("--dry-run", action="store_true", help="print the plan; compute and download nothing")
+            sp.add_argument("--jobs", type=int, default=1, help="worker processes, each taking whole checkpoints")
+
+
 # ----- parser ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="circuittrack", description=__doc__.splitlines()[0])
@@ -281,14 +349,14 @@ def _model_args(sp: argparse.ArgumentParser, checkpoint_required: bool = True) -
 
 
 #: Functions ``register(add)`` that add further subcommands (tasks, eval, circuit) below.
-_EXTRA_COMMANDS: list[Callable] = [_register_task_commands, _register_circuit_command]
+_EXTRA_COMMANDS: list[Callable] = [_register_task_commands, _register_circuit_command, _register_sweep_commands]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except CircuittrackError as err:
         kind = "error: " if isinstance(err, InvalidInput) else ""
         print(f"circuittrack {args.command}: {kind}{err}", file=sys.stderr)
@@ -296,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"circuittrack {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,177 @@
+"""Analyses a sweep can run: named functions (loaded checkpoint, task data or none, parameters) -> tables.
+
+Each analysis declares its parameters (type, default, whether a value may differ per task); a grid's values are
+checked against them before any work, and the resolved parameters (defaults filled in, per-task values picked)
+are part of each job's key. Register more with :func:`register` (the component analyses of the next issue do),
+without touching the sweep code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from circuittrack.errors import InvalidInput, choices
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: accepted Python types, default, and whether a ``{task: value}`` mapping is allowed."""
+
+    name: str
+    types: tuple[type, ...]
+    default: object
+    help: str
+    per_task: bool = False
+    allowed: tuple = ()  # valid values when the set is closed (besides None)
+
+    def check(self, value, where: str, task: str | None):
+        if isinstance(value, dict):
+            if not self.per_task:
+                raise InvalidInput(f"{where}: {self.name} takes one value, not a per-task mapping")
+            value = value.get(task, self.default) if task is not None else self.default
+        if value is None:
+            return None
+        if isinstance(value, bool) and bool not in self.types:
+            raise InvalidInput(f"{where}: {self.name} must be {self._kinds()}, got {value!r}")
+        if not isinstance(value, self.types):
+            raise InvalidInput(f"{where}: {self.name} must be {self._kinds()}, got {value!r}")
+        if self.allowed and value not in self.allowed:
+            raise InvalidInput(f"{where}: {self.name} {value!r} is not valid; valid: {choices(self.allowed)}")
+        if str in self.types and int in self.types and isinstance(value, str) and value != AUTO:
+            raise InvalidInput(f"{where}: {self.name} must be a positive integer or 'auto', got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1 and self.name != "seed":
+            raise InvalidInput(f"{where}: {self.name} must be positive, got {value!r}")
+        return value
+
+    def _kinds(self) -> str:
+        names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+        return " or ".join(names.get(t, t.__name__) for t in self.types) + (" (or a per-task mapping)"
+                                                                            if self.per_task else "")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A named analysis; ``run(checkpoint, data, params) -> {table name: DataFrame}``."""
+
+    name: str
+    description: str
+    needs_task: bool
+    params: tuple[Param, ...]
+    run: Callable
+    tables: tuple[str, ...] = ()
+    optional_tables: tuple[str, ...] = field(default=())
+
+    def resolve(self, raw: dict | None, task: str | None, where: str) -> dict:
+        """Parameters with defaults filled in and per-task values picked; errors name ``where`` and the choices."""
+        raw = dict(raw or {})
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise InvalidInput(f"{where}: unknown parameter(s) {', '.join(unknown)} of analysis {self.name!r}; "
+                               f"valid: {choices(known)}")
+        return {p.name: p.check(raw.get(p.name, p.default), where, task) for p in self.params}
+
+
+ANALYSES: dict[str, Analysis] = {}
+
+
+def register(analysis: Analysis, overwrite: bool = False) -> Analysis:
+    if analysis.name in ANALYSES and not overwrite:
+        raise InvalidInput(f"an analysis named {analysis.name!r} is already registered")
+    ANALYSES[analysis.name] = analysis
+    return analysis
+
+
+def get_analysis(name: str) -> Analysis:
+    if name not in ANALYSES:
+        raise InvalidInput(f"unknown analysis {name!r}; valid analyses: {choices(sorted(ANALYSES))}")
+    return ANALYSES[name]
+
+
+# ----- behaviour (Figure 1) --------------------------------------------------------------------------------
+
+def _task_data(checkpoint, task: str, params: dict):
+    from circuittrack.tasks.registry import get_task
+
+    t = get_task(task)
+    return t.make(checkpoint.tokenizer, n=params["n"], seed=params["seed"])
+
+
+def _behaviour(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
+    from circuittrack.tasks.evaluate import evaluate
+
+    data = _task_data(checkpoint, task, params)
+    size = 32 if params["batch_size"] == AUTO else params["batch_size"]
+    result = evaluate(checkpoint.model, data, batch_size=size)
+    return {"metrics": pd.DataFrame([{"metric_kind": data.metric_kind, "metric": result["metric"],
+                                      "accuracy": result["accuracy"], "n": result["n"],
+                                      "seed": params["seed"]}])}
+
+
+_DATA_PARAMS = (
+    Param("n", (int,), None, "examples (default: the task's)", per_task=True),
+    Param("seed", (int,), None, "dataset seed (default: the task's)", per_task=True),
+)
+
+register(Analysis(
+    "behaviour", "the task metric and accuracy on the clean prompts (Figure 1)", True,
+    _DATA_PARAMS + (Param("batch_size", (int, str), AUTO, "examples per forward pass, or auto (32)"),),
+    _behaviour, tables=("metrics",)))
+
+
+# ----- circuit (EAP-IG, greedy, faithfulness, size) -----------------------------------------------------------
+
+def _circuit(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
+    import torch
+
+    from circuittrack.circuits.discovery import find_circuit
+    from circuittrack.circuits.selection import edge_ranks, greedy_order
+
+    data = _task_data(checkpoint, task, params)
+    result = find_circuit(checkpoint.model, data, method=params["method"], ig_steps=params["ig_steps"],
+                          backend=params["backend"], batch_size=params["batch_size"],
+                          circuit_batch=params["circuit_batch"], threshold=params["threshold"],
+                          max_size=params["max_size"], progress=False)
+    circuit, size = result.circuit, result.size
+    summary = {k: v for k, v in result.summary().items() if k not in ("method", "ig_steps", "backend")}
+    summary["seed"] = params["seed"]
+    tables = {"summary": pd.DataFrame([summary]), "curve": size.to_frame()}
+    graph = circuit.graph
+    src, dst = graph.edge_index
+    inside = circuit.in_circuit[src, dst]
+    names = graph.edge_names()
+    if size.size:
+        rank = edge_ranks(graph, greedy_order(graph, circuit.scores, limit=size.size))[src, dst]
+    else:
+        rank = torch.full_like(src, -1)
+    idx = inside.nonzero().flatten().tolist()
+    tables["edges"] = pd.DataFrame({"edge": [names[i] for i in idx],
+                                    "source": [graph.src_names[int(src[i])] for i in idx],
+                                    "target": [graph.dst_names[int(dst[i])] for i in idx],
+                                    "score": circuit.scores[src, dst][idx].numpy(),
+                                    "greedy_rank": rank[idx].numpy()})
+    if params["keep_scores"]:
+        tables["scores"] = pd.DataFrame({"edge": names, "score": circuit.scores[src, dst].numpy()})
+    return tables
+
+
+register(Analysis(
+    "circuit", "EAP-IG edge scores, the smallest greedy circuit at the threshold, its faithfulness curve and edges",
+    True,
+    _DATA_PARAMS + (
+        Param("method", (str,), "eap-ig-inputs", "attribution method",
+              allowed=("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact")),
+        Param("ig_steps", (int,), 30, "integrated-gradient steps (the paper: 30)"),
+        Param("backend", (str,), "torch", "runner", allowed=("torch", "nnsight", "transformer_lens")),
+        Param("batch_size", (int, str), AUTO, "examples per pass, or auto"),
+        Param("circuit_batch", (int, str), AUTO, "circuits per evaluation pass, or auto"),
+        Param("threshold", (float, int), 0.8, "faithfulness the circuit must reach"),
+        Param("max_size", (int,), 1600, "largest greedy circuit searched (the paper: 1600)"),
+        Param("keep_scores", (bool,), False, "also store every edge's score (large at 2.8b)"),
+    ),
+    _circuit, tables=("summary", "curve", "edges"), optional_tables=("scores",)))

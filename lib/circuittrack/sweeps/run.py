@@ -1,0 +1,187 @@
+"""Running a grid: one loaded checkpoint at a time, every pending job on it, results into the store.
+
+Local execution is checkpoint-outer (load once, run every requested analysis, store, free). With ``jobs > 1``,
+that many worker processes each take whole checkpoints. A job that raises is recorded as failed (its error in
+the store) and the others go on; a checkpoint that cannot be loaded fails all its jobs. Resuming is running the
+same grid again: finished jobs are skipped, so only what is missing is computed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+from circuittrack.progress import progress_bar
+from circuittrack.sweeps.analyses import get_analysis
+from circuittrack.sweeps.grid import Grid, Unit
+from circuittrack.sweeps.store import Store
+
+#: Rough sustained throughput for the dry run's time estimate (FLOP/s); an order of magnitude, not a promise.
+THROUGHPUT = {"cpu": 1e11, "cuda": 5e13, "mps": 5e12}  # cpu: measured on the toy suite, 2 cores
+
+
+@dataclass
+class Status:
+    done: list = field(default_factory=list)
+    pending: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # (job, error)
+
+
+def status(grid: Grid, store: Store) -> Status:
+    out = Status()
+    for job in grid.jobs:
+        if store.is_done(job):
+            out.done.append(job)
+        else:
+            out.pending.append(job)
+            fail = store.failure(job)
+            if fail is not None:
+                out.failed.append((job, fail.get("error", "")))
+    return out
+
+
+@dataclass
+class Report:
+    computed: list = field(default_factory=list)  # job keys computed by this run
+    failed: list = field(default_factory=list)  # (job key, label, error)
+    skipped: int = 0  # jobs already done
+    load_seconds: float = 0.0
+    work_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True) -> Report:
+    """Compute every pending job of ``grid`` into ``store``."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        from circuittrack.errors import InvalidInput
+
+        raise InvalidInput(f"--jobs must be a positive integer, got {jobs!r}")
+    t0 = time.perf_counter()
+    store.clean_partials()
+    todo = [Unit(u.suite, u.model, u.step, u.device, u.dtype, [j for j in u.jobs if not store.is_done(j)])
+            for u in grid.units]
+    report = Report(skipped=sum(len(u.jobs) for u in grid.units) - sum(len(u.jobs) for u in todo))
+    todo = [u for u in todo if u.jobs]
+    bar = progress_bar(progress, len(todo), f"sweep {grid.name}", unit="checkpoint")
+    if jobs == 1 or len(todo) <= 1:
+        for unit in todo:
+            _merge(report, run_unit(unit, str(store.root), progress, threads=None))
+            bar.update(1)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        import multiprocessing
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_unit, u, str(store.root), False, threads) for u in todo]
+            for f in as_completed(futures):
+                _merge(report, f.result())
+                bar.update(1)
+    bar.close()
+    report.wall_seconds = time.perf_counter() - t0
+    return report
+
+
+def _merge(report: Report, part: Report) -> None:
+    report.computed += part.computed
+    report.failed += part.failed
+    report.load_seconds += part.load_seconds
+    report.work_seconds += part.work_seconds
+
+
+def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None = None) -> Report:
+    """Load one checkpoint, run its jobs, store each result (or its failure)."""
+    import torch
+
+    from circuittrack.models.checkpoints import load_checkpoint
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    store = Store(root)
+    report = Report()
+    t0 = time.perf_counter()
+    try:
+        ckpt = load_checkpoint(unit.suite, unit.model, unit.step, device=unit.device, dtype=unit.dtype)
+    except Exception as err:  # noqa: BLE001 - every job of this checkpoint fails with the loading error
+        for job in unit.jobs:
+            _fail(store, report, job, err)
+        return report
+    report.load_seconds = time.perf_counter() - t0
+    bar = progress_bar(progress, len(unit.jobs), unit.label(), unit="job")
+    for job in unit.jobs:
+        t1 = time.perf_counter()
+        try:
+            analysis = get_analysis(job.analysis)
+            tables = analysis.run(ckpt, job.task, job.params)
+            store.write(job, tables, {"seconds": round(time.perf_counter() - t1, 3)})
+            report.computed.append(job.key)
+        except Exception as err:  # noqa: BLE001 - recorded, the other jobs go on
+            _fail(store, report, job, err)
+        report.work_seconds += time.perf_counter() - t1
+        bar.update(1)
+    bar.close()
+    del ckpt
+    return report
+
+
+def _fail(store: Store, report: Report, job, err: BaseException) -> None:
+    from circuittrack.errors import CircuittrackError
+
+    text = str(err) if isinstance(err, CircuittrackError) else "".join(
+        traceback.format_exception_only(type(err), err)).strip()
+    store.record_failure(job, text)
+    report.failed.append((job.key, job.label(), text))
+
+
+# ----- the dry run ----------------------------------------------------------------------------------------------
+
+def plan(grid: Grid, store: Store) -> dict:
+    """What a run would do, without touching the network: units, jobs done and pending, checkpoints not in the
+    local Hugging Face cache and their size, and a rough time estimate."""
+    from circuittrack.models.suites import get_suite
+
+    st = status(grid, store)
+    pending_keys = {j.key for j in st.pending}
+    suite = get_suite(grid.suite)
+    downloads, download_bytes, flops = set(), 0, 0.0
+    device = grid.units[0].device.split(":")[0] if grid.units else "cpu"
+    for unit in grid.units:
+        pending = [j for j in unit.jobs if j.key in pending_keys]
+        if not pending:
+            continue
+        spec = suite.models[unit.model]
+        if grid.suite != "toy" and (unit.model, unit.step) not in downloads \
+                and not _cached(spec.hf_id, spec.revision(unit.step)):
+            downloads.add((unit.model, unit.step))  # one download serves every dtype it is loaded in
+            download_bytes += 2 * spec.n_params  # Pythia checkpoints are stored in float16
+        for job in pending:
+            flops += _job_flops(spec.n_params, job)
+    return {"grid": grid.name, "suite": grid.suite, "units": len(grid.units), "jobs": len(grid.jobs),
+            "done": len(st.done), "pending": len(st.pending), "failed": len(st.failed),
+            "models": sorted({u.model for u in grid.units}, key=lambda m: list(suite.models).index(m)),
+            "checkpoints_per_model": {m: sum(1 for u in grid.units if u.model == m)
+                                      for m in dict.fromkeys(u.model for u in grid.units)},
+            "to_download": len(downloads), "download_gb": round(download_bytes / 1e9, 1),
+            "estimate_hours": round(flops / THROUGHPUT.get(device, 3e10) / 3600, 2), "device": device}
+
+
+def _cached(repo: str, revision: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return False
+    found = try_to_load_from_cache(repo, "config.json", revision=revision)
+    return isinstance(found, str)
+
+
+def _job_flops(n_params: int, job) -> float:
+    """2 N FLOPs per token forward, 3x with the backward; prompts taken as 20 tokens."""
+    n = job.params.get("n") or 100
+    tokens = 20 * n
+    if job.analysis == "circuit":
+        steps = job.params.get("ig_steps", 30)
+        search = 9 * 8 * 2  # ~9 evaluation calls of 8 circuits, ~2 forwards each
+        return 2 * n_params * tokens * (3 * (steps + 1) + search)
+    return 2 * n_params * tokens

@@ -1,0 +1,219 @@
+"""Sweeps: grid checks, the content-keyed store, failures, kill -9 and resume, jobs, the paper grid's dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from circuittrack.cli import main
+from circuittrack.sweeps.analyses import ANALYSES, Analysis, register
+from circuittrack.sweeps.grid import load_grid
+from circuittrack.sweeps.run import run_grid, status
+from circuittrack.sweeps.store import Store, load_results
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+suite: toy
+models: [toy-s]
+checkpoints: [0, 1200]
+tasks: [ioi]
+analyses:
+  behaviour: {n: 8}
+"""
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("suite: toys\nmodels: [toy-s]\ncheckpoints: all\nanalyses: [behaviour]",
+     "suite: 'toys' is not a suite; valid suites: pythia, toy, hf"),
+    (GOOD + "colour: red\n", "unknown key(s) colour; valid keys: name, suite"),
+    (GOOD.replace("[toy-s]", "[toy-xl]"), "models: 'toy-xl' is not a model of suite 'toy'; valid models: toy-s"),
+    (GOOD.replace("[0, 1200]", "[0, 3]"), "checkpoints: toy-s has no checkpoint at step 3; valid steps: 0, 1, 2"),
+    (GOOD.replace("[0, 1200]", "sparse"), "checkpoints: 'sparse' is not a schedule of suite 'toy'; valid: all"),
+    (GOOD.replace("[ioi]", "[ioi, nope]"), "tasks: 'nope' is not a task; valid tasks: gendered-pronoun"),
+    (GOOD.replace("behaviour: {n: 8}", "heads: {}"), "unknown analysis 'heads'; valid analyses: behaviour, circuit"),
+    (GOOD.replace("{n: 8}", "{n: 8, steps: 3}"), "analyses: behaviour: unknown parameter(s) steps"),
+    (GOOD.replace("{n: 8}", "{n: eight}"), "analyses: behaviour: n must be an integer (or a per-task mapping)"),
+    (GOOD.replace("{n: 8}", "{n: 8, batch_size: lots}"), "batch_size must be a positive integer or 'auto'"),
+    (GOOD.replace("behaviour: {n: 8}", "circuit: {method: acdc}"), "method 'acdc' is not valid; valid: eap"),
+    (GOOD + "dtype: float64\n", "dtype: 'float64' is not valid; valid: float32"),
+    (GOOD + "device: tpu\n", "device: 'tpu' is not a device"),
+    ("suite: toy\ncheckpoints: all\nanalyses: [behaviour]\n", "models: missing"),
+    ("suite: toy\nmodels: [toy-s\n", "not valid YAML"),
+    (GOOD.replace("tasks: [ioi]\n", ""), "analysis 'behaviour' needs at least one task"),
+])
+def test_bad_grids_exit_2_naming_file_key_and_choices(capsys, tmp_path, text, needle):
+    grid = write(tmp_path, text)
+    store = tmp_path / "store"
+    for cmd in (["sweep", "--grid", str(grid), "--store", str(store)], ["status", "--grid", str(grid)]):
+        code, out, err = run_cli(capsys, *cmd)
+        assert code == 2 and needle in err and str(grid) in err and "Traceback" not in err, err
+    assert not store.exists()  # nothing written
+
+
+def test_keys_are_content_not_time_and_defaults_share_a_key(tmp_path):
+    """The same request gives the same keys; an explicit default equals an omitted one; any change is a new key."""
+    a = load_grid(write(tmp_path, GOOD, "a.yaml"))
+    b = load_grid(write(tmp_path, GOOD.replace("{n: 8}", "{n: 8, seed: 42, batch_size: auto}"), "b.yaml"))
+    c = load_grid(write(tmp_path, GOOD.replace("{n: 8}", "{n: 9}"), "c.yaml"))
+    d = load_grid(write(tmp_path, GOOD + "dtype: bfloat16\n", "d.yaml"))
+    keys = [[j.key for j in g.jobs] for g in (a, b, c, d)]
+    assert keys[0] == keys[1] and len(set(keys[0])) == 2
+    assert not set(keys[0]) & set(keys[2]) and not set(keys[0]) & set(keys[3])
+
+
+def test_paper_grid_dry_run_lists_models_and_schedules_without_network(capsys, monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dry run tried to reach the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: everything is to download
+    code, out, err = run_cli(capsys, "sweep", "--grid", str(REPO / "grids" / "paper.yaml"), "--dry-run", "--json",
+                             "--store", str(tmp_path / "store"))
+    assert code == 0, err
+    p = json.loads(out)
+    assert p["models"] == ["pythia-70m", "pythia-160m", "pythia-410m", "pythia-1.4b", "pythia-2.8b", "pythia-6.9b",
+                           "pythia-12b"]
+    per = p["checkpoints_per_model"]
+    # exp_plus_detail (44 listed, 43 distinct) for behaviour; late_start_all (143) or sparse (28) for circuits
+    assert per["pythia-12b"] == 43 and per["pythia-6.9b"] == 43
+    exp_plus_detail = ({2 ** i for i in range(10)} | set(range(1000, 15001, 1000)) | set(range(15000, 65001, 5000))
+                       | set(range(70000, 140001, 10000)))
+    assert len(exp_plus_detail) == 43
+    assert per["pythia-70m"] == 43 + 143  # behaviour in fp16 on exp_plus_detail, circuits in bf16 every 1000
+    assert per["pythia-2.8b"] == 43 + 28  # ... and on the 28 sparse checkpoints
+    assert p["pending"] == p["jobs"] and p["done"] == 0 and not (tmp_path / "store").exists()
+    assert p["to_download"] > 0 and p["download_gb"] > 1000
+
+
+def toy_grid(tmp_path: Path, steps: str = "[0, 1, 2, 4, 8, 1200]") -> Path:
+    return write(tmp_path, f"""
+name: tiny
+suite: toy
+models: [toy-s]
+checkpoints: {steps}
+tasks: [ioi, sva]
+analyses:
+  behaviour: {{n: 8}}
+  circuit: {{n: 8, ig_steps: 2, max_size: 40}}
+""")
+
+
+def tables(root: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for analysis, names in (("behaviour", ("metrics",)), ("circuit", ("summary", "curve", "edges"))):
+        for name in names:
+            df = load_results(analysis, name, root=root)
+            df = df.drop(columns=[c for c in df.columns if c.endswith("_seconds")])
+            sort = [c for c in ("key", "n", "edge") if c in df.columns]
+            out[f"{analysis}/{name}"] = df.sort_values(sort).reset_index(drop=True)
+    return out
+
+
+def sweep_cmd(grid: Path, store: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "circuittrack.cli", "sweep", "--grid", str(grid), "--store", str(store), *extra]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_computes_each_job_once_and_equals_an_uninterrupted_run(tmp_path):
+    grid = toy_grid(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(sweep_cmd(grid, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(killed.glob("*/*/job.json"))) < 5:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.parent.name: p.stat().st_mtime_ns for p in killed.glob("*/*/job.json")}
+    n_jobs = len(load_grid(grid).jobs)
+    assert 5 <= len(before) < n_jobs, "the kill came too late to interrupt the sweep"
+    out = subprocess.run(sweep_cmd(grid, killed, "--json"), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["computed"] == n_jobs - len(before) and report["skipped_done"] == len(before)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in killed.glob("*/*/job.json")}
+    assert len(after) == n_jobs and all(after[k] == t for k, t in before.items())  # nothing redone
+    assert not list((killed / ".partial").glob("*"))  # what the kill left half-written is gone
+    whole = tmp_path / "whole"
+    assert subprocess.run(sweep_cmd(grid, whole), env=env, capture_output=True).returncode == 0
+    got, ref = tables(killed), tables(whole)
+    for name in ref:
+        assert len(ref[name]) > 0
+        pd.testing.assert_frame_equal(got[name], ref[name], check_exact=True, obj=name)
+    # two worker processes (each taking whole checkpoints) give the same results
+    two = tmp_path / "two"
+    assert subprocess.run(sweep_cmd(grid, two, "--jobs", "2"), env=env, capture_output=True).returncode == 0
+    for name, df in tables(two).items():
+        pd.testing.assert_frame_equal(df, ref[name], check_exact=False, rtol=1e-4, atol=1e-6, obj=name)
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_and_the_others_finish(capsys, tmp_path, monkeypatch):
+    def boom(checkpoint, task, params):
+        if task == "sva":
+            raise RuntimeError("synthetic failure on sva")
+        return {"t": pd.DataFrame([{"ok": 1}])}
+
+    monkeypatch.setitem(ANALYSES, "boom", Analysis("boom", "fails on sva", True, (), boom))
+    grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 1200]\ntasks: [ioi, sva]\n"
+                           "analyses: {boom: {}, behaviour: {n: 8}}\n")
+    store = tmp_path / "store"
+    code, out, err = run_cli(capsys, "sweep", "--grid", str(grid), "--store", str(store))
+    assert code == 1 and "2 job(s) failed" in err and "synthetic failure on sva" in out
+    st = status(load_grid(grid), Store(store))
+    assert (len(st.done), len(st.failed)) == (6, 2)
+    assert all("synthetic failure on sva" in e for _, e in st.failed)
+    assert len(load_results("behaviour", "metrics", root=store)) == 4
+    code, out, err = run_cli(capsys, "status", "--grid", str(grid), "--store", str(store))
+    assert code == 0 and "done 6, pending 2 (of which failed 2)" in out and out.count("FAILED") == 2
+    report = run_grid(load_grid(grid), Store(store), progress=False)  # a rerun retries only the failures
+    assert (report.skipped, len(report.computed), len(report.failed)) == (6, 0, 2)
+
+
+@pytest.mark.slow
+def test_load_results_filters_and_the_tables_hold_what_the_docs_say(tmp_path):
+    grid = toy_grid(tmp_path, "[1200]")
+    report = run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
+    assert len(report.computed) == 4 and not report.failed
+    summary = load_results("circuit", "summary", root=tmp_path / "s", task="ioi")
+    assert len(summary) == 1 and summary.loc[0, "status"] in ("reached", "not_reached")
+    assert summary.loc[0, "tokens"] == 1200 * 2048 and summary.loc[0, "model"] == "toy-s"
+    edges = load_results("circuit", "edges", root=tmp_path / "s", task="ioi")
+    assert len(edges) == summary.loc[0, "circuit_edges"] and (edges["greedy_rank"] < 40).all()
+    curve = load_results("circuit", "curve", root=tmp_path / "s", task=["ioi", "sva"])
+    assert set(curve["task"]) == {"ioi", "sva"} and curve["n"].min() == 1
+    assert load_results("behaviour", "metrics", root=tmp_path / "s", task="nope").empty
+    with pytest.raises(ValueError, match="no column 'colour'"):
+        load_results("behaviour", "metrics", root=tmp_path / "s", colour="red")
+    assert "scores" not in {p.stem for p in (tmp_path / "s").glob("circuit/*/*.parquet")}  # optional, off
+
+
+def test_register_refuses_a_taken_name():
+    with pytest.raises(ValueError, match="already registered"):
+        register(ANALYSES["behaviour"])
