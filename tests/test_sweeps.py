@@ -217,3 +217,23 @@ def test_load_results_filters_and_the_tables_hold_what_the_docs_say(tmp_path):
 def test_register_refuses_a_taken_name():
     with pytest.raises(ValueError, match="already registered"):
         register(ANALYSES["behaviour"])
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_local_results(tmp_path):
+    """One Ray task per checkpoint on a local Ray instance (CPU) stores the same results as the local executor."""
+    pytest.importorskip("ray")
+    grid = load_grid(toy_grid(tmp_path, "[0, 1200]"))
+    local = run_grid(grid, Store(tmp_path / "local"), progress=False)
+    remote = run_grid(grid, Store(tmp_path / "ray"), progress=False, executor="ray")
+    assert sorted(remote.computed) == sorted(local.computed) and len(local.computed) == 8 and not remote.failed
+    ref, got = tables(tmp_path / "local"), tables(tmp_path / "ray")
+    for name in ref:
+        assert len(ref[name]) > 0
+        pd.testing.assert_frame_equal(got[name], ref[name], check_exact=False, rtol=1e-4, atol=1e-6, obj=name)
+
+
+def test_unknown_executor_exits_2(capsys, tmp_path):
+    grid = write(tmp_path, GOOD)
+    code, out, err = run_cli(capsys, "sweep", "--grid", str(grid), "--executor", "dask", "--store", str(tmp_path / "s"))
+    assert code == 2 and "valid executors: local, ray" in err and not (tmp_path / "s").exists()

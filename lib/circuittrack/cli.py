@@ -254,15 +254,17 @@ def _grid_and_store(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from circuittrack.sweeps.run import plan, run_grid
+    from circuittrack.sweeps.run import check_executor, plan, run_grid
 
     grid, store = _grid_and_store(args)
     if args.jobs < 1:
         raise InvalidInput(f"--jobs must be a positive integer, got {args.jobs}")
+    check_executor(args.executor)
     if args.dry_run:
         _emit(args, plan(grid, store), _plan_text)
         return 0
-    report = run_grid(grid, store, jobs=args.jobs, progress=True)
+    report = run_grid(grid, store, jobs=args.jobs, progress=True, executor=args.executor,
+                      ray_address=args.ray_address)
     payload = {"grid": grid.name, "computed": len(report.computed), "skipped_done": report.skipped,
                "failed": [{"job": label, "error": err} for _, label, err in report.failed],
                "wall_seconds": round(report.wall_seconds, 1), "load_seconds": round(report.load_seconds, 1),
@@ -311,6 +313,9 @@ def _register_sweep_commands(add: Callable) -> None:
         if name == "sweep":
             sp.add_argument("--dry-run", action="store_true", help="print the plan; compute and download nothing")
             sp.add_argument("--jobs", type=int, default=1, help="worker processes, each taking whole checkpoints")
+            sp.add_argument("--executor", default="local", help="local (default) or ray (one Ray task per checkpoint)")
+            sp.add_argument("--ray-address", default=None,
+                            help="join this Ray cluster (default: start a local instance); the store must be shared")
 
 
 # ----- parser ----------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Running a grid: one loaded checkpoint at a time, every pending job on it, results into the store.
 
 Local execution is checkpoint-outer (load once, run every requested analysis, store, free). With ``jobs > 1``,
-that many worker processes each take whole checkpoints. A job that raises is recorded as failed (its error in
-the store) and the others go on; a checkpoint that cannot be loaded fails all its jobs. Resuming is running the
-same grid again: finished jobs are skipped, so only what is missing is computed.
+that many worker processes each take whole checkpoints. With ``executor="ray"`` each checkpoint is one Ray task
+(asking for a GPU when the device is CUDA) on a local Ray instance, or on the cluster at ``ray_address``; the
+workers write into the store themselves, so on a cluster the store must be a path every node sees. A job that
+raises is recorded as failed (its error in the store) and the others go on; a checkpoint that cannot be loaded
+fails all its jobs. Resuming is running the same grid again: finished jobs are skipped, so only what is missing
+is computed.
 """
 
 from __future__ import annotations
@@ -53,12 +56,30 @@ class Report:
     wall_seconds: float = 0.0
 
 
-def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True) -> Report:
+EXECUTORS = ("local", "ray")
+
+
+def check_executor(executor: str) -> None:
+    """Refuse an unknown executor, or Ray when it is not installed, before any work."""
+    from circuittrack.errors import InvalidInput, choices
+
+    if executor not in EXECUTORS:
+        raise InvalidInput(f"unknown executor {executor!r}; valid executors: {choices(EXECUTORS)}")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise InvalidInput("--executor ray needs Ray: pip install 'circuittrack[ray]'") from None
+
+
+def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, executor: str = "local",
+             ray_address: str | None = None) -> Report:
     """Compute every pending job of ``grid`` into ``store``."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         from circuittrack.errors import InvalidInput
 
         raise InvalidInput(f"--jobs must be a positive integer, got {jobs!r}")
+    check_executor(executor)
     t0 = time.perf_counter()
     store.clean_partials()
     todo = [Unit(u.suite, u.model, u.step, u.device, u.dtype, [j for j in u.jobs if not store.is_done(j)])
@@ -66,7 +87,9 @@ def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True) -> 
     report = Report(skipped=sum(len(u.jobs) for u in grid.units) - sum(len(u.jobs) for u in todo))
     todo = [u for u in todo if u.jobs]
     bar = progress_bar(progress, len(todo), f"sweep {grid.name}", unit="checkpoint")
-    if jobs == 1 or len(todo) <= 1:
+    if executor == "ray":
+        _run_ray(todo, str(store.root), ray_address, report, bar)
+    elif jobs == 1 or len(todo) <= 1:
         for unit in todo:
             _merge(report, run_unit(unit, str(store.root), progress, threads=None))
             bar.update(1)
@@ -82,6 +105,28 @@ def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True) -> 
     bar.close()
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def _run_ray(units: list[Unit], root: str, address: str | None, report: Report, bar) -> None:
+    """One Ray task per checkpoint; a local instance unless ``address`` names a cluster."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        task = ray.remote(run_unit)
+        pending = [task.options(num_cpus=1, num_gpus=1 if u.device.startswith("cuda") else 0)
+                   .remote(u, root, False, 1) for u in units]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                _merge(report, ray.get(ref))
+                bar.update(1)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _merge(report: Report, part: Report) -> None:
