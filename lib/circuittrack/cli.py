@@ -179,23 +179,15 @@ def _register_task_commands(add: Callable) -> None:
 
 # ----- circuit ---------------------------------------------------------------------------------------------
 def cmd_circuit(args: argparse.Namespace) -> None:
-    from circuittrack.circuits.discovery import check_options, discover
-    from circuittrack.models.checkpoints import load_checkpoint, resolve
-    from circuittrack.tasks import get_task
-    from circuittrack.tasks.prompts import check_n
+    from circuittrack.circuits.discovery import discover
 
-    spec, step = resolve(args.suite, args.model, args.checkpoint)
-    task = get_task(args.task)
-    check_options(args.method, args.backend, args.ig_steps, args.dtype, args.device, args.batch_size,
-                  args.circuit_batch, args.threshold, args.max_size)
-    check_n(task.name, task.default_n if args.n is None else args.n)
     _check_out("--scores-out", args.scores_out, SCORE_SUFFIXES)
     _check_out("--circuit-out", args.circuit_out, CIRCUIT_SUFFIXES)
-    ckpt = load_checkpoint(args.suite, spec.name, step, device=args.device, dtype=args.dtype)
-    result = discover(args.suite, spec.name, step, args.task, method=args.method, ig_steps=args.ig_steps,
-                      backend=args.backend, device=args.device, dtype=args.dtype, n=args.n, seed=args.seed,
-                      batch_size=args.batch_size, circuit_batch=args.circuit_batch, threshold=args.threshold,
-                      max_size=args.max_size, progress=True, loaded=ckpt)
+    # discover checks every other option before it loads the checkpoint
+    result = discover(args.suite, args.model, args.checkpoint, args.task, method=args.method,
+                      ig_steps=args.ig_steps, backend=args.backend, device=args.device, dtype=args.dtype, n=args.n,
+                      seed=args.seed, batch_size=args.batch_size, circuit_batch=args.circuit_batch,
+                      threshold=args.threshold, max_size=args.max_size, progress=True)
     payload = {**result.summary(), "nodes": result.circuit.nodes}
     if args.scores_out:
         payload["scores_out"] = str(result.circuit.write_scores(args.scores_out))

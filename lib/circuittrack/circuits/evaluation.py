@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuittrack.circuits.graph import Graph
-from circuittrack.circuits.memory import Batching, oom_retry, plan_evaluation
-from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, repeat_data
+from circuittrack.circuits.memory import Batching, check_size, oom_retry, plan_evaluation
+from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, head_outputs, repeat_data
 from circuittrack.errors import InvalidInput
 from circuittrack.models.hooks import Hooks
 from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
@@ -168,19 +168,13 @@ class _SourceWriter:
             def z(l: int, zv: Tensor) -> None:
                 heads = self.heads[l]
                 if heads:
-                    out = _head_outputs(a, l, zv, heads)  # [B, P, len(heads), d]
+                    out = head_outputs(a, l, zv, heads)  # [B, P, len(heads), d]
                     for i, hd in enumerate(heads):
                         put(g.src_head(l, hd), out[:, :, i:i + 1])
             h.z = z
         if any(g.src_mlp(l) in self.pos for l in range(a.n_layers)):
             h.mlp_out = lambda l, y: put(g.src_mlp(l), f32(y).unsqueeze(2)) if g.src_mlp(l) in self.pos else None
         return h
-
-
-def _head_outputs(arch, layer: int, z: Tensor, heads: list[int]) -> Tensor:
-    """Residual writes [B, P, len(heads), d] (float32) of the listed heads from z [B, P, H, dh]."""
-    idx = torch.tensor(heads, device=z.device)
-    return torch.einsum("bphe,dhe->bphd", f32(z.index_select(2, idx)), f32(arch.o_weight(layer)).index_select(1, idx))
 
 
 # ----- one patched pass ---------------------------------------------------------------------------------------
@@ -300,9 +294,9 @@ def run_metric(model, data: TaskData, which: str = "clean", batch_size: int = 32
         raise InvalidInput(f"which must be 'clean' or 'corrupted', got {which!r}")
     runner = get_runner(backend, model)
     check_inputs(runner, None, data)
-    plan = Batching.fixed(batch_size, 1)
+    size = check_size("batch_size", batch_size)
     outs = []
     with runner.session(), torch.no_grad():
-        for batch in device_batches(data, plan.examples, runner.device):
+        for batch in device_batches(data, 32 if size == "auto" else size, runner.device):
             outs.append(answer_metric(runner.forward(getattr(batch, which), None, batch.answer_pos), batch).cpu())
     return torch.cat(outs)

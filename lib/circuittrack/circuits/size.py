@@ -56,6 +56,7 @@ class SizeResult:
     n_circuits_evaluated: int  # circuits passed to ``evaluate`` in all, baselines included
     in_circuit: torch.Tensor = field(repr=False)  # bool [n_src, n_dst]: the chosen circuit, pruned (empty: undefined)
     undefined: str | None = None  # why faithfulness is undefined (the full model does not do the task)
+    order: torch.Tensor | None = field(default=None, repr=False)  # the greedy order searched (first max_size edges)
 
     @property
     def status(self) -> str:
@@ -173,14 +174,14 @@ def find_circuit_size(graph: Graph, scores: torch.Tensor | None, evaluate: Evalu
                           threshold=threshold, max_size=N, full_metric=sweep.full, empty_metric=sweep.empty,
                           normalised=normalised, points=sweep.points(), n_evaluate_calls=sweep.calls,
                           n_circuits_evaluated=sweep.n_circuits, undefined=sweep.undefined,
-                          in_circuit=torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool))
+                          in_circuit=torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool), order=sweep.order)
     size = c if c is not None else N  # without a crossing the scan covered the whole grid, N included
     p = sweep.point(size)
     return SizeResult(size=size, n_edges=p.n_edges, n_nodes=p.n_nodes, faithfulness=p.faithfulness,
                       reached=c is not None, threshold=threshold, max_size=N, full_metric=sweep.full,
                       empty_metric=sweep.empty, normalised=normalised, points=sweep.points(),
                       n_evaluate_calls=sweep.calls, n_circuits_evaluated=sweep.n_circuits,
-                      in_circuit=sweep.mask(size))
+                      in_circuit=sweep.mask(size), order=sweep.order)
 
 
 def exhaustive_circuit_size(graph: Graph, scores: torch.Tensor | None, evaluate: Evaluate, *,

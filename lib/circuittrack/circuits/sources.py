@@ -122,6 +122,10 @@ def source_hooks(runner: Runner, graph: Graph, buf: Tensor, sign: float) -> Hook
     return Hooks(resid0=resid0, z=z, mlp_out=mlp_out)
 
 
-def head_outputs(arch, layer: int, z: Tensor) -> Tensor:
-    """Per-head residual writes [B, P, H, d] (float32) from z [B, P, H, dh]."""
-    return torch.einsum("bphe,dhe->bphd", f32(z), f32(arch.o_weight(layer)))
+def head_outputs(arch, layer: int, z: Tensor, heads: list[int] | None = None) -> Tensor:
+    """Per-head residual writes [B, P, H', d] (float32) from z [B, P, H, dh], for ``heads`` (default: all)."""
+    w = f32(arch.o_weight(layer))
+    if heads is not None:
+        idx = torch.tensor(heads, device=z.device)
+        z, w = z.index_select(2, idx), w.index_select(1, idx)
+    return torch.einsum("bphe,dhe->bphd", f32(z), w)

@@ -127,10 +127,8 @@ register(Analysis(
 # ----- circuit (EAP-IG, greedy, faithfulness, size) -----------------------------------------------------------
 
 def _circuit(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
-    import torch
-
     from circuittrack.circuits.discovery import find_circuit
-    from circuittrack.circuits.selection import edge_ranks, greedy_order
+    from circuittrack.circuits.selection import edge_ranks
 
     data = _task_data(checkpoint, task, params)
     result = find_circuit(checkpoint.model, data, method=params["method"], ig_steps=params["ig_steps"],
@@ -142,21 +140,17 @@ def _circuit(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
     summary["seed"] = params["seed"]
     tables = {"summary": pd.DataFrame([summary]), "curve": size.to_frame()}
     graph = circuit.graph
-    src, dst = graph.edge_index
-    inside = circuit.in_circuit[src, dst]
-    names = graph.edge_names()
-    if size.size:
-        rank = edge_ranks(graph, greedy_order(graph, circuit.scores, limit=size.size))[src, dst]
-    else:
-        rank = torch.full_like(src, -1)
-    idx = inside.nonzero().flatten().tolist()
-    tables["edges"] = pd.DataFrame({"edge": [names[i] for i in idx],
-                                    "source": [graph.src_names[int(src[i])] for i in idx],
-                                    "target": [graph.dst_names[int(dst[i])] for i in idx],
-                                    "score": circuit.scores[src, dst][idx].numpy(),
-                                    "greedy_rank": rank[idx].numpy()})
+    src, dst = circuit.in_circuit.nonzero(as_tuple=True)  # row-major: the edge-number order
+    sources = [graph.src_names[i] for i in src.tolist()]
+    targets = [graph.dst_names[j] for j in dst.tolist()]
+    tables["edges"] = pd.DataFrame({"edge": [f"{u}->{v}" for u, v in zip(sources, targets)],
+                                    "source": sources, "target": targets,
+                                    "score": circuit.scores[src, dst].numpy(),
+                                    "greedy_rank": edge_ranks(graph, size.order)[src, dst].numpy()})
     if params["keep_scores"]:
-        tables["scores"] = pd.DataFrame({"edge": names, "score": circuit.scores[src, dst].numpy()})
+        every_src, every_dst = graph.edge_index
+        tables["scores"] = pd.DataFrame({"edge": graph.edge_names(),
+                                         "score": circuit.scores[every_src, every_dst].numpy()})
     return tables
 
 

@@ -31,6 +31,7 @@ from circuittrack.models.devices import DTYPES
 from circuittrack.models.suites import SUITE_NAMES, get_suite
 from circuittrack.sweeps.analyses import ANALYSES, get_analysis
 from circuittrack.sweeps.store import Job
+from circuittrack.tasks.registry import TASKS, get_task
 
 BLOCK_KEYS = ("name", "models", "checkpoints", "tasks", "analyses", "device", "dtype")
 TOP_KEYS = ("name", "suite", "models", "checkpoints", "tasks", "analyses", "device", "dtype", "runs")
@@ -123,8 +124,6 @@ def _block_units(suite, spec: dict, where: str) -> list[Unit]:
             raise InvalidInput(f"{where}: models: {m!r} is not a model of suite {suite.name!r}; "
                                f"valid models: {choices(suite.models)}")
     tasks = _names(spec.get("tasks", []), "tasks", where)
-    from circuittrack.tasks.registry import TASKS
-
     for t in tasks:
         if t not in TASKS:
             raise InvalidInput(f"{where}: tasks: {t!r} is not a task; valid tasks: {choices(sorted(TASKS))}")
@@ -161,8 +160,6 @@ def _fill_task_defaults(params: dict, task: str | None) -> dict:
     """n and seed as the task would choose them, so an explicit default and an omitted one share a key."""
     if task is None:
         return params
-    from circuittrack.tasks.registry import get_task
-
     t = get_task(task)
     out = dict(params)
     if "n" in out and out["n"] is None:
