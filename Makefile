@@ -38,15 +38,12 @@ test: toy
 test-fast: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
-## notebooks: execute every notebook with papermill into book/executed/ (PROFILE=toy|paper)
-notebooks: venv $(if $(filter toy,$(PROFILE)),toy,)
-	@mkdir -p book/executed
-	@shopt -s nullglob; nbs=(notebooks/*.ipynb); \
-	if [ $${#nbs[@]} -eq 0 ]; then echo "==> no notebooks yet"; fi; \
-	for nb in "$${nbs[@]}"; do \
-	  echo "==> papermill $$nb (profile $(PROFILE))"; \
-	  $(VENV)/bin/papermill "$$nb" "book/executed/$$(basename $$nb)" -p profile $(PROFILE) --progress-bar; \
-	done
+## notebooks: execute every notebook with papermill into book/executed/ (PROFILE=toy|paper|smoke, JOBS=2);
+##            each notebook computes what it shows through the sweep (results in data/results/), then draws it
+JOBS ?= 2
+notebooks: venv $(if $(filter toy smoke,$(PROFILE)),toy,)
+	@echo "==> notebooks (profile $(PROFILE), $(JOBS) jobs)"
+	$(VENV)/bin/circuittrack notebooks --profile $(PROFILE) --jobs $(JOBS)
 
 ## book: everything, then build the Jupyter Book into _build/html
 book: notebooks

@@ -272,3 +272,29 @@ def test_small_batches_give_the_same_answer(k, tmp_path):
     # The result goes into a circuit file.
     c = Circuit(graph, scores, r.in_circuit, {"task": "toy"} | r.summary())
     assert Circuit.load(c.save(tmp_path / "c.json")).metadata["circuit_size"] == r.size
+
+
+@pytest.mark.slow
+def test_skipping_undefined_checkpoints_decides_in_one_pass_and_changes_nothing_where_defined():
+    from circuittrack import find_circuit, get_task, load_checkpoint
+
+    early = load_checkpoint("toy", "toy-m", 0)  # IOI full metric -0.042: undefined
+    data = get_task("ioi").make(early.tokenizer, n=24)
+    searched = find_circuit(early.model, data, ig_steps=2, progress=False)
+    skipped = find_circuit(early.model, data, ig_steps=2, progress=False, search_undefined=False)
+    assert searched.size.status == skipped.size.status == "undefined"
+    assert skipped.circuit is None and skipped.size.points == [] and skipped.size.n_evaluate_calls == 1
+    assert skipped.size.full_metric == pytest.approx(searched.size.full_metric, abs=1e-6)
+    assert skipped.size.empty_metric == pytest.approx(searched.size.empty_metric, abs=1e-6)
+    assert skipped.size.undefined == searched.size.undefined and skipped.score_seconds == 0.0
+    assert set(skipped.summary()) == set(searched.summary())
+    final = load_checkpoint("toy", "toy-s", "final")
+    data = get_task("ioi").make(final.tokenizer, n=24)
+    a = find_circuit(final.model, data, ig_steps=3, progress=False)
+    b = find_circuit(final.model, data, ig_steps=3, progress=False, search_undefined=False)
+    assert a.size.status == b.size.status == "reached" and a.size.size == b.size.size
+    assert torch.equal(a.circuit.in_circuit, b.circuit.in_circuit) and torch.equal(a.circuit.scores, b.circuit.scores)
+    # the baselines no longer ride in the first call, so it holds more sizes; where both evaluated, they agree
+    fa, fb = ({p.n: p.faithfulness for p in r.size.points} for r in (a, b))
+    common = sorted(set(fa) & set(fb))
+    assert len(common) >= 6 and [fa[n] for n in common] == pytest.approx([fb[n] for n in common], abs=1e-5)

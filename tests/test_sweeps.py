@@ -181,19 +181,20 @@ def test_a_failing_job_is_recorded_and_the_others_finish(capsys, tmp_path, monke
         return {"t": pd.DataFrame([{"ok": 1}])}
 
     monkeypatch.setitem(ANALYSES, "boom", Analysis("boom", "fails on sva", True, (), boom))
-    grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 1200]\ntasks: [ioi, sva]\n"
+    grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 1, 1200]\ntasks: [ioi, sva]\n"
                            "analyses: {boom: {}, behaviour: {n: 8}}\n")
     store = tmp_path / "store"
     code, out, err = run_cli(capsys, "sweep", "--grid", str(grid), "--store", str(store))
-    assert code == 1 and "2 job(s) failed" in err and "synthetic failure on sva" in out
+    # the exit status is the number of failed jobs
+    assert code == 3 and "3 job(s) failed" in err and "synthetic failure on sva" in out
     st = status(load_grid(grid), Store(store))
-    assert (len(st.done), len(st.failed)) == (6, 2)
+    assert (len(st.done), len(st.failed)) == (9, 3)
     assert all("synthetic failure on sva" in e for _, e in st.failed)
-    assert len(load_results("behaviour", "metrics", root=store)) == 4
+    assert len(load_results("behaviour", "metrics", root=store)) == 6
     code, out, err = run_cli(capsys, "status", "--grid", str(grid), "--store", str(store))
-    assert code == 0 and "done 6, pending 2 (of which failed 2)" in out and out.count("FAILED") == 2
+    assert code == 0 and "done 9, pending 3 (of which failed 3)" in out and out.count("FAILED") == 3
     report = run_grid(load_grid(grid), Store(store), progress=False)  # a rerun retries only the failures
-    assert (report.skipped, len(report.computed), len(report.failed)) == (6, 0, 2)
+    assert (report.skipped, len(report.computed), len(report.failed)) == (9, 0, 3)
 
 
 @pytest.mark.slow
@@ -237,3 +238,155 @@ def test_unknown_executor_exits_2(capsys, tmp_path):
     grid = write(tmp_path, GOOD)
     code, out, err = run_cli(capsys, "sweep", "--grid", str(grid), "--executor", "dask", "--store", str(tmp_path / "s"))
     assert code == 2 and "valid executors: local, ray" in err and not (tmp_path / "s").exists()
+
+
+# ----- hub checkpoints: prefetch ahead, evict when done ---------------------------------------------------------
+
+def fake_hub_cache(cache: Path, repo: str, revisions: dict[str, Path]) -> None:
+    """A Hugging Face cache holding ``repo`` at each revision (branch name -> a directory of checkpoint files),
+    laid out as the hub client writes it: refs/<branch> -> commit, snapshots/<commit>/<file> -> ../../blobs/<hash>."""
+    import hashlib
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    for k, (branch, src) in enumerate(revisions.items()):
+        commit = f"{k + 1:040x}"
+        (root / "refs" / branch).write_text(commit)
+        snap = root / "snapshots" / commit
+        snap.mkdir(parents=True)
+        for f in sorted(src.iterdir()):
+            data = f.read_bytes()
+            blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            (snap / f.name).symlink_to(Path("../../blobs") / blob.name)
+
+
+@pytest.mark.slow
+def test_evict_removes_each_hub_checkpoint_once_its_jobs_are_stored(tmp_path):
+    """A two-checkpoint 'pythia-70m' (toy weights in a Hugging Face cache layout), loaded offline through the hub
+    path: every job is stored and both revisions leave the cache. The config and tokenizer blobs are shared by the
+    two revisions, so step 2 loading after step 1's eviction shows that a shared blob goes only with the last."""
+    cache = tmp_path / "hub"
+    toy = REPO / "data" / "toy_suite" / "toy-s"
+    fake_hub_cache(cache, "EleutherAI/pythia-70m", {"step1": toy / "step0", "step2": toy / "step1200"})
+    repo = cache / "models--EleutherAI--pythia-70m"
+    blobs_before = len(list((repo / "blobs").iterdir()))
+    grid = write(tmp_path, "suite: pythia\nmodels: [pythia-70m]\ncheckpoints: [1, 2]\ntasks: [ioi]\n"
+                           "analyses: {behaviour: {n: 8}}\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    store = tmp_path / "store"
+    dry = subprocess.run(sweep_cmd(grid, store, "--dry-run", "--json"), env=env, capture_output=True, text=True)
+    assert dry.returncode == 0 and json.loads(dry.stdout)["to_download"] == 0  # both are cached
+    run = subprocess.run(sweep_cmd(grid, store, "--evict", "--json"), env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert (out["computed"], out["failed"], out["evicted"]) == (2, [], 2)
+    assert blobs_before == 6 and not repo.exists()  # 5 + 5 files, all but the weights shared
+    metrics = load_results("behaviour", "metrics", root=store)
+    assert sorted(metrics["step"]) == [1, 2] and set(metrics["model"]) == {"pythia-70m"}
+    # the dry run now sees both checkpoints missing from the cache (two downloads, no network touched)
+    rm = subprocess.run(sweep_cmd(grid, tmp_path / "fresh", "--dry-run", "--json"), env=env, capture_output=True,
+                        text=True)
+    assert json.loads(rm.stdout)["to_download"] == 2
+
+
+def test_evict_is_refused_for_the_toy_suite(capsys, tmp_path):
+    grid = write(tmp_path, GOOD)
+    code, out, err = run_cli(capsys, "sweep", "--grid", str(grid), "--store", str(tmp_path / "s"), "--evict")
+    assert code == 2 and "toy" in err and "valid suites for --evict: pythia, hf" in err
+    assert "Traceback" not in err and not (tmp_path / "s").exists()
+
+
+def test_the_next_hub_checkpoint_is_fetched_while_one_is_analysed(tmp_path, monkeypatch):
+    """Local executor: while checkpoint i runs, checkpoint i+1's download is under way in the background."""
+    import threading
+
+    import circuittrack.models.hub_cache as hub_cache
+    import circuittrack.sweeps.run as run_mod
+    from circuittrack.sweeps.run import Report
+
+    fetched = {}
+
+    def fake_prefetch(suite, model, step):
+        fetched[step] = threading.Event()
+        fetched[step].set()
+
+    def fake_unit(unit, root, progress=False, threads=None, evict_when_done=None):
+        later = [s for s in (1, 2, 4) if s > unit.step]
+        if later:  # the next checkpoint's prefetch must start while this one is still being analysed
+            for _ in range(500):
+                if later[0] in fetched:
+                    break
+                time.sleep(0.01)
+            assert later[0] in fetched, f"step {later[0]} was not prefetched during step {unit.step}"
+        return Report(computed=[j.key for j in unit.jobs])
+
+    monkeypatch.setattr(hub_cache, "prefetch", fake_prefetch)
+    monkeypatch.setattr(run_mod, "run_unit", fake_unit)
+    grid = write(tmp_path, "suite: pythia\nmodels: [pythia-70m]\ncheckpoints: [1, 2, 4]\ntasks: [ioi]\n"
+                           "analyses: {behaviour: {n: 8}}\n")
+    report = run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
+    assert len(report.computed) == 3 and sorted(fetched) == [2, 4]  # the first is loaded by the unit itself
+
+
+def test_a_prefetch_takes_one_weight_format_and_the_side_files():
+    from circuittrack.models.hub_cache import checkpoint_files
+
+    both = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "special_tokens_map.json",
+            "README.md", ".gitattributes", "sub/model.safetensors"]
+    assert checkpoint_files(both) == ["config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json"]
+    sharded = ["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
+               "pytorch_model.bin.index.json", "tokenizer.json"]
+    assert checkpoint_files(sharded) == sorted(sharded)
+
+
+# ----- papermill batch ------------------------------------------------------------------------------------------
+
+def _notebook(path: Path, *cells: str, tag_first: bool = True) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    if tag_first:
+        nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.slow
+def test_notebooks_get_the_profile_parameters_they_declare_and_a_failure_does_not_stop_the_rest(tmp_path):
+    from circuittrack.book.notebooks import run_notebooks
+
+    src, out = tmp_path / "nb", tmp_path / "out"
+    src.mkdir()
+    seen = tmp_path / "seen.json"
+    _notebook(src / "01_ok.ipynb", "grid = None\njobs = 0\nprofile = None",
+              f"import json; json.dump({{'grid': grid, 'jobs': jobs, 'profile': profile}}, open({str(seen)!r}, 'w'))")
+    _notebook(src / "02_broken.ipynb", "jobs = 0", "raise ValueError('broken on purpose')")
+    report = run_notebooks("smoke", jobs=2, out_dir=out, folder=src, progress=False)
+    assert [n for n, _ in report.executed] == ["01_ok"]
+    assert report.failed == [("02_broken", "ValueError: broken on purpose")]
+    got = json.loads(seen.read_text())
+    assert got == {"grid": str(REPO / "grids" / "smoke.yaml"), "jobs": 2, "profile": "smoke"}
+    assert (out / "01_ok.ipynb").exists() and (out / "02_broken.ipynb").exists()  # the error is in the copy
+
+
+def test_notebooks_command_refuses_bad_input_before_any_work(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "notebooks", "--profile", "huge", "--out", str(tmp_path / "o"))
+    assert code == 2 and "valid profiles: toy, paper, smoke" in err and not (tmp_path / "o").exists()
+    code, out, err = run_cli(capsys, "notebooks", "--only", "99_nothing", "--out", str(tmp_path / "o"))
+    assert code == 2 and "no notebook named 99_nothing" in err and not (tmp_path / "o").exists()
+    code, out, err = run_cli(capsys, "notebooks", "--jobs", "0")
+    assert code == 2 and "--jobs must be a positive integer" in err
+
+
+def test_a_grid_narrows_to_the_models_tasks_and_analyses_a_notebook_shows():
+    grid = load_grid(REPO / "grids" / "toy.yaml")
+    part = grid.narrowed(models=["toy-m"], tasks=["sva"], analyses=["behaviour"])
+    assert {(u.model, j.task, j.analysis) for u in part.units for j in u.jobs} == {("toy-m", "sva", "behaviour")}
+    assert len(part.units) == 20 and {j.key for j in part.jobs} <= {j.key for j in grid.jobs}
+    with pytest.raises(ValueError, match="models toy-xl not in this grid; valid: toy-s, toy-m, toy-l"):
+        grid.narrowed(models=["toy-xl"])
+    with pytest.raises(ValueError, match="checkpoints 3 not in this grid"):
+        grid.narrowed(checkpoints=[3])

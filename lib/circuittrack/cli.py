@@ -18,6 +18,7 @@ from circuittrack.errors import CircuittrackError, InvalidInput, choices
 
 SCORE_SUFFIXES = (".csv", ".parquet")
 CIRCUIT_SUFFIXES = (".json", ".csv", ".parquet")
+MAX_FAILURE_STATUS = 100  # a sweep exits with its number of failed jobs, at most this
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: Callable[[dict], str]) -> None:
@@ -246,31 +247,41 @@ def _grid_and_store(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from circuittrack.sweeps.run import check_executor, plan, run_grid
+    from circuittrack.sweeps.run import check_evict, check_executor, plan, run_grid
 
     grid, store = _grid_and_store(args)
     if args.jobs < 1:
         raise InvalidInput(f"--jobs must be a positive integer, got {args.jobs}")
     check_executor(args.executor)
+    check_evict(grid, args.evict)
     if args.dry_run:
         _emit(args, plan(grid, store), _plan_text)
         return 0
     report = run_grid(grid, store, jobs=args.jobs, progress=True, executor=args.executor,
-                      ray_address=args.ray_address)
+                      ray_address=args.ray_address, evict=args.evict, prefetch=not args.no_prefetch)
     payload = {"grid": grid.name, "computed": len(report.computed), "skipped_done": report.skipped,
                "failed": [{"job": label, "error": err} for _, label, err in report.failed],
                "wall_seconds": round(report.wall_seconds, 1), "load_seconds": round(report.load_seconds, 1),
-               "work_seconds": round(report.work_seconds, 1), "store": str(store.root)}
+               "work_seconds": round(report.work_seconds, 1), "store": str(store.root),
+               "evicted": report.evicted, "freed_gb": round(report.freed_bytes / 1e9, 2)}
     _emit(args, payload, lambda p: "\n".join(
         [f"{p['grid']}: computed {p['computed']} jobs, {p['skipped_done']} already done, {len(p['failed'])} failed "
          f"in {p['wall_seconds']:.0f} s (loading {p['load_seconds']:.0f} s, analyses {p['work_seconds']:.0f} s); "
-         f"results in {p['store']}"] + [f"  FAILED {f['job']}: {f['error']}" for f in p["failed"]]))
+         f"results in {p['store']}"]
+        + ([f"  evicted {p['evicted']} checkpoints from the Hugging Face cache ({p['freed_gb']} GB)"]
+           if p["evicted"] else [])
+        + [f"  FAILED {f['job']}: {f['error']}" for f in p["failed"]]))
     if report.failed:
         print(f"circuittrack sweep: {len(report.failed)} job(s) failed (recorded in the store; "
               "`circuittrack status --grid FILE` lists them); rerun the same command to retry them",
               file=sys.stderr)
-        return 1
-    return 0
+    return failure_status(len(report.failed))
+
+
+def failure_status(n_failed: int) -> int:
+    """Exit status of a sweep: the number of failed jobs, capped at 100 (0: all done). Bad input exits 2 before
+    any work, with an ``error:`` line and nothing computed; ``--json`` tells the two apart."""
+    return min(n_failed, MAX_FAILURE_STATUS)
 
 
 def _plan_text(p: dict) -> str:
@@ -308,6 +319,37 @@ def _register_sweep_commands(add: Callable) -> None:
             sp.add_argument("--executor", default="local", help="local (default) or ray (one Ray task per checkpoint)")
             sp.add_argument("--ray-address", default=None,
                             help="join this Ray cluster (default: start a local instance); the store must be shared")
+            sp.add_argument("--evict", action="store_true",
+                            help="remove each hub checkpoint from the Hugging Face cache once all its jobs are stored")
+            sp.add_argument("--no-prefetch", action="store_true",
+                            help="do not download the next hub checkpoint while one is analysed")
+
+
+# ----- notebooks -------------------------------------------------------------------------------------------
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from circuittrack.book.notebooks import check_selection, profile_parameters, run_notebooks
+
+    if args.jobs < 1:
+        raise InvalidInput(f"--jobs must be a positive integer, got {args.jobs}")
+    profile_parameters(args.profile)
+    check_selection(args.only)
+    report = run_notebooks(args.profile, jobs=args.jobs, only=args.only, out_dir=args.out, store=args.store)
+    payload = {"profile": args.profile, "executed": [{"notebook": n, "seconds": s} for n, s in report.executed],
+               "failed": [{"notebook": n, "error": e} for n, e in report.failed]}
+    _emit(args, payload, lambda p: "\n".join(
+        [f"{p['profile']}: executed {len(p['executed'])} notebooks, {len(p['failed'])} failed"]
+        + [f"  {e['notebook']}: {e['seconds']} s" for e in p["executed"]]
+        + [f"  FAILED {f['notebook']}: {f['error']}" for f in p["failed"]]))
+    return failure_status(len(report.failed))
+
+
+def _register_notebook_command(add: Callable) -> None:
+    sp = add("notebooks", cmd_notebooks, "execute every notebook with a profile's parameters into book/executed/")
+    sp.add_argument("--profile", default="toy", help="toy (default: the toy suite), paper (Pythia, GPU) or smoke")
+    sp.add_argument("--jobs", type=int, default=1, help="worker processes for the sweeps the notebooks run")
+    sp.add_argument("--only", nargs="+", default=None, help="only these notebooks (names, e.g. 01_task_behaviour)")
+    sp.add_argument("--out", default=None, help="folder for the executed notebooks (default: book/executed)")
+    sp.add_argument("--store", default=None, help="results directory (default: $CIRCUITTRACK_DATA/results)")
 
 
 # ----- parser ----------------------------------------------------------------------------------------------
@@ -346,7 +388,8 @@ def _model_args(sp: argparse.ArgumentParser, checkpoint_required: bool = True) -
 
 
 #: Functions ``register(add)`` that add further subcommands (tasks, eval, circuit) below.
-_EXTRA_COMMANDS: list[Callable] = [_register_task_commands, _register_circuit_command, _register_sweep_commands]
+_EXTRA_COMMANDS: list[Callable] = [_register_task_commands, _register_circuit_command, _register_sweep_commands,
+                                   _register_notebook_command]
 
 
 def main(argv: list[str] | None = None) -> int:

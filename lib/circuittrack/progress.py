@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 
-def progress_bar(enabled: bool, total: int | None, desc: str, unit: str = "it"):
-    """A tqdm bar with the time left, or an object with the same ``update``/``close`` that prints nothing."""
+def progress_bar(enabled: bool, total: int | None, desc: str, unit: str = "it", position: int | None = None):
+    """A tqdm bar with the time left, or an object with the same ``update``/``close`` that prints nothing.
+    ``position``: the terminal line (worker processes each draw on their own line below the main bar)."""
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, position=position)
 
 
 class _NoBar:

@@ -15,7 +15,7 @@ import torch
 from circuittrack.circuits.attribution import METHODS, attribute
 from circuittrack.circuits.circuit import Circuit
 from circuittrack.circuits.evaluation import evaluate_circuits
-from circuittrack.circuits.faithfulness import PAPER_THRESHOLD
+from circuittrack.circuits.faithfulness import PAPER_THRESHOLD, undefined_reason
 from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.memory import DEFAULT_CIRCUITS, check_size
 from circuittrack.circuits.size import PAPER_MAX_SIZE, SizeResult, find_circuit_size
@@ -33,15 +33,16 @@ from circuittrack.tasks.registry import get_task
 class DiscoveryResult:
     """A found circuit with the facts the CLI and the sweeps report."""
 
-    circuit: Circuit
+    circuit: Circuit | None  # None when faithfulness is undefined and the search was skipped
     size: SizeResult
     score_seconds: float
     search_seconds: float
     n_examples: int
     metadata: dict = field(default_factory=dict)
+    graph: Graph | None = None
 
     def summary(self) -> dict:
-        g = self.circuit.graph
+        g = self.graph if self.circuit is None else self.circuit.graph
         return {**self.metadata, "status": self.size.status, "undefined_reason": self.size.undefined,
                 "total_edges": g.n_edges, "circuit_edges": self.size.n_edges,
                 "circuit_nodes": self.size.n_nodes, "greedy_size": self.size.size,
@@ -80,15 +81,33 @@ def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_ste
                  backend: str = DEFAULT_BACKEND, batch_size: int | str = "auto", threshold: float = PAPER_THRESHOLD,
                  max_size: int | None = PAPER_MAX_SIZE, circuit_batch: int | str = "auto", progress: bool = True,
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                 metadata: dict | None = None) -> DiscoveryResult:
+                 metadata: dict | None = None, search_undefined: bool = True) -> DiscoveryResult:
     """Score every edge of ``model`` (a HF causal LM) on ``data`` and find the smallest greedy circuit whose
     faithfulness reaches ``threshold``, up to ``max_size`` edges (the paper: EAP-IG-inputs, 30 steps, 0.8, 1600).
     When the full model's metric is not positive the result has ``status == "undefined"`` (see
-    :func:`circuittrack.circuits.size.find_circuit_size`). The model itself is never changed."""
+    :func:`circuittrack.circuits.size.find_circuit_size`); with ``search_undefined=False`` that is checked first
+    (one pass over the full and empty circuits) and nothing more is computed: no scores, no curve,
+    ``circuit=None``. The model itself is never changed."""
     check_options(method, backend, ig_steps, dtype, device, batch_size, circuit_batch, threshold, max_size)
     dtype = parse_dtype(dtype) if dtype is not None else None
     runner = get_runner(backend, model, device=device, dtype=dtype)
     graph = Graph(runner.arch.n_layers, runner.arch.n_heads, runner.arch.parallel)
+    meta = {**(metadata or {}), "method": method, "ig_steps": ig_steps, "backend": backend}
+    baselines: dict = {}
+    if not search_undefined:
+        t0 = time.perf_counter()
+        baseline_masks = torch.stack([graph.edge_mask, torch.zeros_like(graph.edge_mask)])  # full, empty
+        full, empty = evaluate_circuits(runner, graph, data, baseline_masks, batch_size=batch_size,
+                                        circuit_batch=2).mean(1).tolist()
+        reason = undefined_reason(full, empty)
+        if reason is not None:
+            N = graph.n_edges if max_size is None else min(max_size, graph.n_edges)
+            size = SizeResult(size=None, n_edges=None, n_nodes=None, faithfulness=math.nan, reached=False,
+                              threshold=threshold, max_size=N, full_metric=full, empty_metric=empty, normalised=False,
+                              points=[], n_evaluate_calls=1, n_circuits_evaluated=2, undefined=reason,
+                              in_circuit=torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool))
+            return DiscoveryResult(None, size, 0.0, time.perf_counter() - t0, len(data), meta, graph)
+        baselines = {"full_metric": full, "empty_metric": empty}
     t0 = time.perf_counter()
     scores = attribute(runner, graph, data, method=method, ig_steps=ig_steps, batch_size=batch_size,
                        progress=progress)
@@ -101,12 +120,11 @@ def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_ste
         return out
 
     k = DEFAULT_CIRCUITS if circuit_batch == "auto" else circuit_batch
-    size = find_circuit_size(graph, scores, evaluate, threshold=threshold, max_size=max_size, k=k)
+    size = find_circuit_size(graph, scores, evaluate, threshold=threshold, max_size=max_size, k=k, **baselines)
     bar.close()
     t2 = time.perf_counter()
-    meta = {**(metadata or {}), "method": method, "ig_steps": ig_steps, "backend": backend}
     circuit = Circuit(graph, scores, size.in_circuit, {**meta, **size.summary()})
-    return DiscoveryResult(circuit, size, t1 - t0, t2 - t1, len(data), meta)
+    return DiscoveryResult(circuit, size, t1 - t0, t2 - t1, len(data), meta, graph)
 
 
 def discover(suite: str, model: str, checkpoint: int | str, task: str, *, method: str = "eap-ig-inputs",

@@ -8,6 +8,8 @@ without touching the sweep code.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,11 +97,37 @@ def get_analysis(name: str) -> Analysis:
 
 # ----- behaviour (Figure 1) --------------------------------------------------------------------------------
 
+_DATA_CACHE: OrderedDict[tuple, object] = OrderedDict()
+_DATA_CACHE_SIZE = 16
+
+
 def _task_data(checkpoint, task: str, params: dict):
+    """The task's examples for this checkpoint's tokenizer. Datasets are a pure function of (task, tokenizer, n,
+    seed), and every checkpoint of a suite shares its tokenizer, so a worker builds each one once and reuses it
+    across checkpoints (the kernels never change their inputs)."""
     from circuittrack.tasks.registry import get_task
 
-    t = get_task(task)
-    return t.make(checkpoint.tokenizer, n=params["n"], seed=params["seed"])
+    fingerprint = _tokenizer_fingerprint(checkpoint.tokenizer)
+    key = (task, fingerprint, params["n"], params["seed"])
+    if fingerprint is not None and key in _DATA_CACHE:
+        _DATA_CACHE.move_to_end(key)
+        return _DATA_CACHE[key]
+    data = get_task(task).make(checkpoint.tokenizer, n=params["n"], seed=params["seed"])
+    if fingerprint is not None:
+        _DATA_CACHE[key] = data
+        while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
+            _DATA_CACHE.popitem(last=False)
+    return data
+
+
+def _tokenizer_fingerprint(tokenizer) -> str | None:
+    """A hash of a fast tokenizer's full serialisation (vocabulary, merges, normaliser, special tokens); None for
+    other tokenizers, whose data is then rebuilt every time."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    special = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
+    return hashlib.sha256((backend.to_str() + repr(special)).encode()).hexdigest()
 
 
 def _behaviour(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
@@ -134,11 +162,17 @@ def _circuit(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
     result = find_circuit(checkpoint.model, data, method=params["method"], ig_steps=params["ig_steps"],
                           backend=params["backend"], batch_size=params["batch_size"],
                           circuit_batch=params["circuit_batch"], threshold=params["threshold"],
-                          max_size=params["max_size"], progress=False)
+                          max_size=params["max_size"], progress=False,
+                          search_undefined=params["search_undefined"])
     circuit, size = result.circuit, result.size
     summary = {k: v for k, v in result.summary().items() if k not in ("method", "ig_steps", "backend")}
     summary["seed"] = params["seed"]
     tables = {"summary": pd.DataFrame([summary]), "curve": size.to_frame()}
+    if circuit is None:  # undefined, not searched: no scores, no edges
+        tables["edges"] = pd.DataFrame({"edge": pd.Series([], dtype=str), "source": pd.Series([], dtype=str),
+                                        "target": pd.Series([], dtype=str), "score": pd.Series([], dtype="float32"),
+                                        "greedy_rank": pd.Series([], dtype="int64")})
+        return tables
     graph = circuit.graph
     src, dst = circuit.in_circuit.nonzero(as_tuple=True)  # row-major: the edge-number order
     sources = [graph.src_names[i] for i in src.tolist()]
@@ -167,5 +201,7 @@ register(Analysis(
         Param("threshold", (float, int), 0.8, "faithfulness the circuit must reach"),
         Param("max_size", (int,), 1600, "largest greedy circuit searched (the paper: 1600)"),
         Param("keep_scores", (bool,), False, "also store every edge's score (large at 2.8b)"),
+        Param("search_undefined", (bool,), False, "also score and search where faithfulness is undefined (the "
+              "full model's metric is not positive), to record the metric curve there; off: one pass decides"),
     ),
     _circuit, tables=("summary", "curve", "edges"), optional_tables=("scores",)))

@@ -20,7 +20,7 @@ naming the file, the key and the valid choices.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,36 @@ class Grid:
     @property
     def jobs(self) -> list[Job]:
         return [j for u in self.units for j in u.jobs]
+
+    def narrowed(self, models: Sequence[str] | None = None, checkpoints: Sequence[int] | None = None,
+                 tasks: Sequence[str] | None = None, analyses: Sequence[str] | None = None) -> Grid:
+        """The part of this grid on these models, steps, tasks and analyses (None: all of the grid's); a name the
+        grid does not contain is an error listing the ones it does. Notebooks use this to compute only what they
+        show, and readers to rerun one model or task of a grid."""
+        def pick(kind: str, wanted, have: list) -> set | None:
+            if wanted is None:
+                return None
+            wanted = [wanted] if isinstance(wanted, (str, int)) else list(wanted)
+            missing = [w for w in wanted if w not in have]
+            if missing:
+                raise InvalidInput(f"{self.path}: {kind} {', '.join(map(str, missing))} not in this grid; "
+                                   f"valid: {choices(have)}")
+            return set(wanted)
+
+        jobs = self.jobs
+        keep_m = pick("models", models, list(dict.fromkeys(u.model for u in self.units)))
+        keep_s = pick("checkpoints", checkpoints, sorted({u.step for u in self.units}))
+        keep_t = pick("tasks", tasks, list(dict.fromkeys(j.task for j in jobs if j.task is not None)))
+        keep_a = pick("analyses", analyses, list(dict.fromkeys(j.analysis for j in jobs)))
+        units = []
+        for u in self.units:
+            if (keep_m is not None and u.model not in keep_m) or (keep_s is not None and u.step not in keep_s):
+                continue
+            kept = [j for j in u.jobs if (keep_a is None or j.analysis in keep_a)
+                    and (keep_t is None or j.task is None or j.task in keep_t)]
+            if kept:
+                units.append(Unit(u.suite, u.model, u.step, u.device, u.dtype, kept))
+        return Grid(self.name, self.path, self.suite, units)
 
 
 def load_grid(path: str | Path) -> Grid:

@@ -12,6 +12,7 @@ is computed.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -54,6 +55,8 @@ class Report:
     load_seconds: float = 0.0
     work_seconds: float = 0.0
     wall_seconds: float = 0.0
+    evicted: int = 0  # checkpoints removed from the Hugging Face cache (--evict)
+    freed_bytes: int = 0
 
 
 EXECUTORS = ("local", "ray")
@@ -72,42 +75,135 @@ def check_executor(executor: str) -> None:
             raise InvalidInput("--executor ray needs Ray: pip install 'circuittrack[ray]'") from None
 
 
+def check_evict(grid: Grid, evict: bool) -> None:
+    """``--evict`` is for hub suites only (the toy suite's checkpoints are trained here, not cached)."""
+    if evict and grid.suite == "toy":
+        from circuittrack.errors import InvalidInput
+
+        raise InvalidInput(f"{grid.path}: --evict removes hub checkpoints from the Hugging Face cache; this grid's "
+                           "suite is toy, whose checkpoints are trained here and kept (valid suites for --evict: "
+                           "pythia, hf)")
+
+
 def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, executor: str = "local",
-             ray_address: str | None = None) -> Report:
-    """Compute every pending job of ``grid`` into ``store``."""
+             ray_address: str | None = None, evict: bool = False, prefetch: bool = True) -> Report:
+    """Compute every pending job of ``grid`` into ``store``.
+
+    ``prefetch``: while a checkpoint is analysed, the next hub checkpoint is downloaded in a background thread
+    (local executor; a failed prefetch is ignored, the load reports it). ``evict``: a hub checkpoint leaves the
+    Hugging Face cache once every job of the grid on it (all dtypes) is stored."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         from circuittrack.errors import InvalidInput
 
         raise InvalidInput(f"--jobs must be a positive integer, got {jobs!r}")
     check_executor(executor)
+    check_evict(grid, evict)
     t0 = time.perf_counter()
     store.clean_partials()
+    siblings = _checkpoint_jobs(grid) if evict else {}
     todo = [Unit(u.suite, u.model, u.step, u.device, u.dtype, [j for j in u.jobs if not store.is_done(j)])
             for u in grid.units]
     report = Report(skipped=sum(len(u.jobs) for u in grid.units) - sum(len(u.jobs) for u in todo))
+    if evict:  # checkpoints finished by an earlier run leave the cache now
+        for model, step in {(u.model, u.step) for u in todo} - {(u.model, u.step) for u in todo if u.jobs}:
+            _evict(grid.suite, model, step, report)
     todo = [u for u in todo if u.jobs]
+    if executor == "ray" or jobs > 1:  # parallel: the longest checkpoints first, so no worker idles at the end
+        todo.sort(key=_unit_flops, reverse=True)
     bar = progress_bar(progress, len(todo), f"sweep {grid.name}", unit="checkpoint")
+    ahead = _Prefetcher(todo if prefetch and grid.suite != "toy" and executor == "local" else [])
     if executor == "ray":
-        _run_ray(todo, str(store.root), ray_address, report, bar)
+        _run_ray(todo, str(store.root), ray_address, report, bar, siblings)
     elif jobs == 1 or len(todo) <= 1:
-        for unit in todo:
-            _merge(report, run_unit(unit, str(store.root), progress, threads=None))
+        for i, unit in enumerate(todo):
+            ahead.start(i + 1)
+            _merge(report, run_unit(unit, str(store.root), progress, None, siblings.get(_ckpt(unit))))
             bar.update(1)
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         import multiprocessing
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_unit, u, str(store.root), False, threads) for u in todo]
-            for f in as_completed(futures):
+        ctx = multiprocessing.get_context("spawn")
+        slots = ctx.Queue()
+        for k in range(jobs):
+            slots.put(k + 1)
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_take_slot, initargs=(slots,)) as pool:
+            futures = [pool.submit(run_unit, u, str(store.root), progress, threads, siblings.get(_ckpt(u)))
+                       for u in todo]
+            ahead.start(jobs)  # the first `jobs` checkpoints are being loaded by the workers themselves
+            for n, f in enumerate(as_completed(futures), start=1):
                 _merge(report, f.result())
+                ahead.start(jobs + n)
                 bar.update(1)
+    ahead.close()
     bar.close()
     report.wall_seconds = time.perf_counter() - t0
     return report
 
 
-def _run_ray(units: list[Unit], root: str, address: str | None, report: Report, bar) -> None:
+def _unit_flops(unit: Unit) -> float:
+    from circuittrack.models.suites import get_suite
+
+    n_params = get_suite(unit.suite).models[unit.model].n_params
+    return sum(_job_flops(n_params, j) for j in unit.jobs)
+
+
+def _ckpt(unit: Unit) -> tuple[str, int]:
+    return unit.model, unit.step
+
+
+def _checkpoint_jobs(grid: Grid) -> dict[tuple[str, int], list]:
+    """Every job of the grid on each checkpoint, over all its units (dtypes, devices)."""
+    out: dict[tuple[str, int], list] = {}
+    for u in grid.units:
+        out.setdefault(_ckpt(u), []).extend(u.jobs)
+    return out
+
+
+class _Prefetcher:
+    """Downloads hub checkpoints ahead of the workers, one at a time, in a background thread."""
+
+    def __init__(self, units: list[Unit]):
+        self.units = units
+        self.pool = None
+        self.sent: set[tuple[str, int]] = set()
+
+    def start(self, index: int) -> None:
+        if index >= len(self.units):
+            return
+        unit = self.units[index]
+        if _ckpt(unit) in self.sent:
+            return
+        self.sent.add(_ckpt(unit))
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="circuittrack-prefetch")
+        self.pool.submit(_prefetch_quietly, unit.suite, unit.model, unit.step)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prefetch_quietly(suite: str, model: str, step: int) -> None:
+    from circuittrack.models.hub_cache import prefetch
+
+    try:
+        prefetch(suite, model, step)
+    except Exception:  # noqa: BLE001 - the load of that checkpoint reports the real error
+        pass
+
+
+_SLOT: int | None = None  # this worker process's line for its progress bar (None: the main process)
+
+
+def _take_slot(slots) -> None:
+    global _SLOT
+    _SLOT = slots.get()
+
+
+def _run_ray(units: list[Unit], root: str, address: str | None, report: Report, bar, siblings: dict) -> None:
     """One Ray task per checkpoint; a local instance unless ``address`` names a cluster."""
     import ray
 
@@ -118,7 +214,7 @@ def _run_ray(units: list[Unit], root: str, address: str | None, report: Report, 
     try:
         task = ray.remote(run_unit)
         pending = [task.options(num_cpus=1, num_gpus=1 if u.device.startswith("cuda") else 0)
-                   .remote(u, root, False, 1) for u in units]
+                   .remote(u, root, False, 1, siblings.get(_ckpt(u))) for u in units]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
@@ -134,10 +230,14 @@ def _merge(report: Report, part: Report) -> None:
     report.failed += part.failed
     report.load_seconds += part.load_seconds
     report.work_seconds += part.work_seconds
+    report.evicted += part.evicted
+    report.freed_bytes += part.freed_bytes
 
 
-def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None = None) -> Report:
-    """Load one checkpoint, run its jobs, store each result (or its failure)."""
+def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None = None,
+             evict_when_done: list | None = None) -> Report:
+    """Load one checkpoint, run its jobs, store each result (or its failure). ``evict_when_done``: every job of
+    the grid on this checkpoint; when all are stored, the checkpoint leaves the Hugging Face cache."""
     import torch
 
     from circuittrack.models.checkpoints import load_checkpoint
@@ -154,7 +254,7 @@ def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None 
             _fail(store, report, job, err)
         return report
     report.load_seconds = time.perf_counter() - t0
-    bar = progress_bar(progress, len(unit.jobs), unit.label(), unit="job")
+    bar = progress_bar(progress, len(unit.jobs), unit.label(), unit="job", position=_SLOT)
     for job in unit.jobs:
         t1 = time.perf_counter()
         try:
@@ -168,7 +268,23 @@ def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None 
         bar.update(1)
     bar.close()
     del ckpt
+    if evict_when_done is not None and all(store.is_done(j) for j in evict_when_done):
+        _evict(unit.suite, unit.model, unit.step, report)
     return report
+
+
+def _evict(suite: str, model: str, step: int, report: Report) -> None:
+    from circuittrack.models.hub_cache import evict
+
+    try:
+        freed = evict(suite, model, step)
+    except Exception as err:  # noqa: BLE001 - a cache we cannot clean is a warning, not a failed analysis
+        print(f"circuittrack: could not evict {model} step {step} from the Hugging Face cache: {err}",
+              file=sys.stderr)
+        return
+    if freed:
+        report.evicted += 1
+        report.freed_bytes += freed
 
 
 def _fail(store: Store, report: Report, job, err: BaseException) -> None:
@@ -185,6 +301,7 @@ def _fail(store: Store, report: Report, job, err: BaseException) -> None:
 def plan(grid: Grid, store: Store) -> dict:
     """What a run would do, without touching the network: units, jobs done and pending, checkpoints not in the
     local Hugging Face cache and their size, and a rough time estimate."""
+    from circuittrack.models.hub_cache import is_cached
     from circuittrack.models.suites import get_suite
 
     st = status(grid, store)
@@ -198,7 +315,7 @@ def plan(grid: Grid, store: Store) -> dict:
             continue
         spec = suite.models[unit.model]
         if grid.suite != "toy" and (unit.model, unit.step) not in downloads \
-                and not _cached(spec.hf_id, spec.revision(unit.step)):
+                and not is_cached(grid.suite, unit.model, unit.step):
             downloads.add((unit.model, unit.step))  # one download serves every dtype it is loaded in
             download_bytes += 2 * spec.n_params  # Pythia checkpoints are stored in float16
         for job in pending:
@@ -210,15 +327,6 @@ def plan(grid: Grid, store: Store) -> dict:
                                       for m in dict.fromkeys(u.model for u in grid.units)},
             "to_download": len(downloads), "download_gb": round(download_bytes / 1e9, 1),
             "estimate_hours": round(flops / THROUGHPUT.get(device, 3e10) / 3600, 2), "device": device}
-
-
-def _cached(repo: str, revision: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return False
-    found = try_to_load_from_cache(repo, "config.json", revision=revision)
-    return isinstance(found, str)
 
 
 def _job_flops(n_params: int, job) -> float:

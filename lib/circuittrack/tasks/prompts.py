@@ -20,9 +20,14 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def encode_many(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text (one batched tokenizer call)."""
+    """Token ids of each text (one batched tokenizer call). A fast tokenizer with no padding or truncation set
+    is called through its Rust backend directly: the same ids, without the wrapper's per-text conversion (which
+    is most of the time when a task enumerates thousands of candidate prompts)."""
     if not texts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.padding is None and backend.truncation is None:
+        return [enc.ids for enc in backend.encode_batch(list(texts), add_special_tokens=False)]
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
@@ -79,22 +84,22 @@ def build_task_data(
             raise InvalidInput(f"{task}: example {i} is empty")
     columns = sorted({int(t) for ids in answer_ids for t in ids})
     col = {t: j for j, t in enumerate(columns)}
-    sign = torch.zeros(n, len(columns), dtype=torch.float32)
+    rows: list[list[float]] = []
     for i, (ids, signs) in enumerate(zip(answer_ids, answer_signs)):
         if len(ids) != len(signs):
             raise InvalidInput(f"{task}: example {i} has {len(ids)} answer tokens but {len(signs)} signs")
+        row = [0.0] * len(columns)
         for t, s in zip(ids, signs):
             j = col[int(t)]
-            if sign[i, j] != 0 and sign[i, j] != s:
+            if row[j] != 0 and row[j] != s:
                 raise InvalidInput(f"{task}: example {i} scores token {int(t)} both as correct and as incorrect")
-            sign[i, j] = float(s)
+            row[j] = float(s)
+        rows.append(row)
+    sign = torch.tensor(rows, dtype=torch.float32).view(n, len(columns))
     lengths = torch.tensor([len(c) for c in clean_ids], dtype=torch.long)
     width = int(lengths.max())
-    clean = torch.full((n, width), pad_id, dtype=torch.long)
-    corrupted = torch.full((n, width), pad_id, dtype=torch.long)
-    for i, (c, k) in enumerate(zip(clean_ids, corrupted_ids)):
-        clean[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
-        corrupted[i, : len(k)] = torch.tensor(list(k), dtype=torch.long)
+    clean = torch.tensor([list(c) + [pad_id] * (width - len(c)) for c in clean_ids], dtype=torch.long)
+    corrupted = torch.tensor([list(k) + [pad_id] * (width - len(k)) for k in corrupted_ids], dtype=torch.long)
     return TaskData(
         task=task,
         metric_kind=metric_kind,
