@@ -45,10 +45,12 @@ notebooks: venv $(if $(filter toy smoke,$(PROFILE)),toy,)
 	@echo "==> notebooks (profile $(PROFILE), $(JOBS) jobs)"
 	$(VENV)/bin/circuittrack notebooks --profile $(PROFILE) --jobs $(JOBS)
 
-## book: everything, then build the Jupyter Book into _build/html
+## book: everything, then build the Jupyter Book into _build/html (warnings are errors) and, where Chromium is
+##       installed, open every page offline and screenshot it into _build/screenshots/
 book: notebooks
 	@echo "==> building the book"
-	@$(VENV)/bin/jupyter-book build . --path-output . -q
+	@$(VENV)/bin/jupyter-book build . --path-output . -W -q
+	@$(PY) -m circuittrack.book.check _build/html _build/screenshots
 	@echo "==> open _build/html/index.html"
 
 ## bench: EAP-IG speed and memory (toy-l, a random Pythia-160m shape) and circuit discovery at Pythia-2.8b graph

@@ -4,7 +4,8 @@ A profile names the grid the notebooks compute from (``toy``: ``grids/toy.yaml``
 ``paper``: ``grids/paper.yaml``, Pythia on a GPU box; ``smoke``: ``grids/smoke.yaml``, one toy model at two
 checkpoints, what the tests run). Each notebook declares in its ``parameters`` cell what it takes (``grid``,
 ``jobs``, ``store``, ``models``...); a notebook gets only the parameters it declares. Executed copies go into
-the build folder (``book/executed/``), which the Jupyter Book renders. A notebook that fails is recorded (its
+the build folder (``book/executed/``), which the Jupyter Book renders; a notebook runs there, so its figures'
+SVG and PNG files land next to it (``figures/``). A notebook that fails is recorded (its
 executed copy shows the error) and the others still run.
 """
 
@@ -39,7 +40,7 @@ def profile_parameters(profile: str, jobs: int = 1, store: str | None = None) ->
     """The parameters a profile passes to every notebook."""
     if profile not in PROFILES:
         raise InvalidInput(f"unknown profile {profile!r}; valid profiles: {choices(PROFILES)}")
-    params = {"profile": profile, "grid": str(paths.repo_root() / PROFILES[profile]), "jobs": jobs}
+    params = {"profile": profile, "grid": PROFILES[profile], "jobs": jobs}  # grid: relative to the repository
     if store is not None:
         params["store"] = str(store)
     return params
@@ -71,7 +72,7 @@ def run_notebooks(profile: str = "toy", jobs: int = 1, only: list[str] | None = 
     import papermill
 
     params = {**profile_parameters(profile, jobs, store), **(extra or {})}
-    grid = Path(params["grid"])
+    grid = paths.repo_root() / params["grid"]
     if not grid.is_file():
         raise InvalidInput(f"profile {profile!r} uses {grid}, which does not exist")
     selected = check_selection(only, folder)
@@ -83,7 +84,7 @@ def run_notebooks(profile: str = "toy", jobs: int = 1, only: list[str] | None = 
         given = {k: v for k, v in params.items() if k in declared}
         t0 = time.perf_counter()
         try:
-            papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters=given, cwd=str(paths.repo_root()),
+            papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters=given, cwd=str(out_dir),
                                        progress_bar=progress, kernel_name="python3", log_output=False)
             report.executed.append((nb.stem, round(time.perf_counter() - t0, 1)))
         except papermill.PapermillExecutionError as err:

@@ -112,6 +112,17 @@ class Store:
         (self.root / ".failed" / f"{job.key}.json").unlink(missing_ok=True)
         return final
 
+    def forget(self, job: Job) -> None:
+        """Remove a job's results so that the next run recomputes it: first moved out in one rename (so an
+        interruption never leaves a half-deleted job that reads as done), then deleted."""
+        final = self.job_dir(job)
+        if not final.exists():
+            return
+        trash = self.root / ".partial" / f"{job.key}-forgotten-{uuid.uuid4().hex[:8]}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def record_failure(self, job: Job, error: str) -> None:
         d = self.root / ".failed"
         d.mkdir(parents=True, exist_ok=True)

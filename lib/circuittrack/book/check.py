@@ -1,0 +1,175 @@
+"""Checking a built book as a reader meets it: every page opened in headless Chromium with the network off.
+
+For each HTML page: no element loads anything from outside the build folder (script, stylesheet, image, frame
+sources), every chart element holds a rendered ``svg`` or ``canvas``, no "Error loading script" text, math is
+typeset by the vendored MathJax where the page has math, and a screenshot is written for a person to look at.
+Chromium runs with every network request sent to a dead proxy, so a page that needed the internet would show
+it. Debian's ``chromium`` package provides the browser.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+INSTALL_HINT = "install Debian's chromium package: apt-get install -y chromium"
+
+
+def find_chromium() -> str | None:
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class _Loads(HTMLParser):
+    """Every URL the page itself would load (not links a reader may click)."""
+
+    ATTRS = {"script": "src", "img": "src", "iframe": "src", "source": "src", "video": "src", "audio": "src",
+             "embed": "src", "link": "href"}
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "link" and a.get("rel") not in ("stylesheet", "preload", "icon", "modulepreload", "prefetch",
+                                                     "shortcut icon", "manifest"):
+            return
+        name = self.ATTRS.get(tag)
+        if name and a.get(name):
+            self.urls.append(a[name])
+
+
+class _Charts(HTMLParser):
+    """For each chart element of a rendered page: whether an svg or canvas was drawn inside it."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__()
+        self.rendered: list[bool] = []
+        self.depth = 0
+        self.inside: int | None = None  # depth of the open chart element
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        self.depth += 1
+        classes = (dict(attrs).get("class") or "").split()
+        if self.inside is None and "circuittrack-chart" in classes:
+            self.inside = self.depth
+            self.rendered.append(False)
+        elif self.inside is not None and tag in ("svg", "canvas"):
+            self.rendered[-1] = True
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if self.inside == self.depth:
+            self.inside = None
+        self.depth -= 1
+
+
+@dataclass
+class PageReport:
+    page: str
+    external: list[str] = field(default_factory=list)  # URLs outside the build folder
+    charts: int = 0
+    charts_rendered: int = 0
+    script_errors: int = 0
+    has_math: bool = False
+    math_rendered: bool = False
+    screenshot: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"loads {u}" for u in self.external]
+        if self.charts_rendered < self.charts:
+            out.append(f"{self.charts - self.charts_rendered} of {self.charts} charts did not render")
+        if self.script_errors:
+            out.append("'Error loading script' on the page")
+        if self.has_math and not self.math_rendered:
+            out.append("math is not typeset (MathJax did not run)")
+        return out
+
+
+def external_loads(html: str) -> list[str]:
+    parser = _Loads()
+    parser.feed(html)
+    return [u for u in parser.urls if re.match(r"^(https?:)?//", u)]
+
+
+def check_page(chromium: str, page: Path, root: Path, shots: Path | None) -> PageReport:
+    """Open one page of the built book (file://) and inspect what Chromium rendered."""
+    rel = str(page.relative_to(root))
+    report = PageReport(rel, external=external_loads(page.read_text(errors="replace")))
+    source = page.read_text(errors="replace")
+    report.has_math = bool(re.search(r'class="[^"]*\bmath\b', source))
+    dom = _chromium(chromium, page, ["--dump-dom"])
+    charts = _Charts()
+    charts.feed(dom)
+    report.charts, report.charts_rendered = len(charts.rendered), sum(charts.rendered)
+    report.script_errors = dom.count("Error loading script")
+    report.math_rendered = "<mjx-container" in dom
+    if shots is not None:
+        shots.mkdir(parents=True, exist_ok=True)
+        out = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
+        _chromium(chromium, page, [f"--screenshot={out}", "--window-size=1280,4000"])
+        report.screenshot = str(out) if out.exists() else None
+    return report
+
+
+def check_book(html_root: Path, shots: Path | None = None, chromium: str | None = None) -> list[PageReport]:
+    """Check every page of a built book (``_build/html``); screenshots into ``shots``."""
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise FileNotFoundError(f"no Chromium found ({', '.join(CHROMIUM_NAMES)}); {INSTALL_HINT}")
+    html_root = Path(html_root)
+    shots = Path(shots) if shots is not None else None
+    pages = sorted(p for p in html_root.rglob("*.html")
+                   if not p.name.startswith(("genindex", "search")) and "_static" not in p.parts
+                   and "_sources" not in p.parts)
+    return [check_page(chromium, p, html_root, shots) for p in pages]
+
+
+def _chromium(chromium: str, page: Path, extra: list[str]) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+               "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+               "--allow-file-access-from-files", *extra, page.resolve().as_uri()]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        return done.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m circuittrack.book.check HTML_DIR [SCREENSHOT_DIR]``: exit 1 if a page has a problem."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m circuittrack.book.check HTML_DIR [SCREENSHOT_DIR]", file=sys.stderr)
+        return 2
+    if find_chromium() is None:
+        print(f"circuittrack: pages not checked: no Chromium ({INSTALL_HINT})", file=sys.stderr)
+        return 0
+    reports = check_book(Path(args[0]), Path(args[1]) if len(args) > 1 else None)
+    bad = [r for r in reports if r.problems]
+    for r in reports:
+        print(f"{'PROBLEM' if r.problems else 'ok'}  {r.page}: {r.charts_rendered}/{r.charts} charts"
+              + (", math typeset" if r.math_rendered else "") + "".join(f"; {p}" for p in r.problems))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

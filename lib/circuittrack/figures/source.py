@@ -1,0 +1,105 @@
+"""Where a chapter's numbers come from: the part of a grid it shows, computed if missing, read from the store.
+
+A notebook calls :func:`prepare` once: it narrows the grid to the analyses, models, checkpoints and tasks the
+chapter shows, runs the sweep for whatever is not stored yet (``recompute=True`` redoes it), and returns a
+:class:`Source` whose :meth:`Source.load` reads exactly those jobs' tables and whose :meth:`Source.provenance`
+is the sentence every caption ends with (notebook, grid parameters, store keys read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from circuittrack import paths
+from circuittrack.errors import InvalidInput
+from circuittrack.sweeps.grid import Grid, load_grid
+from circuittrack.sweeps.store import Store, load_results
+
+
+def resolve_grid_path(grid: str | Path) -> Path:
+    """A grid path as given, else relative to the repository (notebooks run from notebooks/ or the root)."""
+    path = Path(grid)
+    if path.is_file() or path.is_absolute():
+        return path
+    in_repo = paths.repo_root() / path
+    return in_repo if in_repo.is_file() else path
+
+
+@dataclass
+class Source:
+    """The jobs a chapter reads, and the store they live in."""
+
+    grid: Grid
+    store: Store
+    notebook: str
+    read_keys: set[str] = field(default_factory=set)
+
+    def load(self, analysis: str, table: str) -> pd.DataFrame:
+        """One table of ``analysis`` for this chapter's jobs (every job must be done)."""
+        keys = [j.key for j in self.grid.jobs if j.analysis == analysis]
+        if not keys:
+            raise InvalidInput(f"{self.notebook}: the grid part has no {analysis!r} jobs")
+        df = load_results(analysis, table, root=self.store.root, keys=keys)
+        self.read_keys.update(keys)
+        return df
+
+    def models(self) -> list[str]:
+        """The chapter's models, smallest first (the suite's order)."""
+        return list(dict.fromkeys(u.model for u in self.grid.units))
+
+    def provenance(self) -> str:
+        """Notebook, grid and its parameters, and the store keys read (count and a digest of the sorted list)."""
+        units = self.grid.units
+        models = list(dict.fromkeys(u.model for u in units))
+        steps = sorted({u.step for u in units})
+        keys = sorted(self.read_keys)
+        digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
+        params = _analysis_params(self.grid)
+        return (f"Source: notebook `{self.notebook}`; grid `{self.grid.name}` ({_rel(self.grid.path)}: suite "
+                f"{self.grid.suite}, models {', '.join(models)}, {len(steps)} checkpoints {steps[0]}-{steps[-1]}"
+                f"{'; ' + params if params else ''}); {len(keys)} store keys read (digest {digest}, listed in "
+                f"the figure's `.keys.txt`).")
+
+    def keys_text(self) -> str:
+        return "\n".join(sorted(self.read_keys)) + "\n"
+
+
+def prepare(grid: str | Path, analyses: list[str], notebook: str, models=None, checkpoints=None, tasks=None,
+            store: str | Path | None = None, jobs: int = 1, recompute: bool = False,
+            progress: bool = True) -> Source:
+    """Narrow ``grid`` to what a chapter shows, compute what is missing (all of it with ``recompute``), and
+    return the :class:`Source` to read it from. A failed job is an error naming it (the chapter would be wrong)."""
+    from circuittrack.sweeps.run import run_grid
+
+    part = load_grid(resolve_grid_path(grid)).narrowed(models=models, checkpoints=checkpoints, tasks=tasks,
+                                                       analyses=analyses)
+    st = Store(store)
+    if recompute:
+        for job in part.jobs:
+            st.forget(job)
+    report = run_grid(part, st, jobs=jobs, progress=progress)
+    if report.failed:
+        first = report.failed[0]
+        raise InvalidInput(f"{notebook}: {len(report.failed)} job(s) failed, e.g. {first[1]}: {first[2]}; "
+                           "`circuittrack status --grid FILE` lists them")
+    return Source(part, st, notebook)
+
+
+def _analysis_params(grid: Grid) -> str:
+    """The parameters that differ from nothing: one 'analysis(k=v, ...)' per analysis, per-task values merged."""
+    seen: dict[str, dict] = {}
+    for job in grid.jobs:
+        params = {k: v for k, v in job.params.items() if k not in ("n", "seed", "dtype")}
+        seen.setdefault(job.analysis, params)
+    return "; ".join(f"{a}({', '.join(f'{k}={v}' for k, v in p.items())})" for a, p in seen.items())
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(paths.repo_root()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,89 @@
+"""The book as a reader meets it: every notebook executed (smoke profile), the book built with warnings as errors,
+every page opened in headless Chromium with the network off; screenshots under _build/screenshots/."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from circuittrack.book.check import INSTALL_HINT, check_book, external_loads, find_chromium
+from circuittrack.book.notebooks import list_notebooks, run_notebooks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part["chapters"]]
+    files += [c["file"] for c in toc.get("chapters", [])]
+    return files
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    """The smoke profile's notebooks executed into a copy of the book's sources, then built."""
+    site = tmp_path_factory.mktemp("site")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / name, site / name)
+    shutil.copytree(REPO / "book", site / "book", ignore=shutil.ignore_patterns("executed"))
+    report = run_notebooks("smoke", out_dir=site / "book" / "executed", store=site / "store", progress=False)
+    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(site), "-W", "-q"],
+                           capture_output=True, text=True)
+    return site, report, build
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_and_writes_its_figures(built_book):
+    site, report, _ = built_book
+    assert report.failed == []
+    assert sorted(n for n, _ in report.executed) == [p.stem for p in list_notebooks()]
+    figures = site / "book" / "executed" / "figures"
+    for stem in ("figure1_task_behaviour", "circuit_size_edges", "edge_stability", "size_against_model"):
+        assert (figures / f"{stem}.svg").read_text().lstrip().startswith("<svg")
+        assert (figures / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        keys = (figures / f"{stem}.keys.txt").read_text().split()
+        assert keys and all(len(k) == 20 for k in keys)  # the store keys the figure read
+
+
+@pytest.mark.slow
+def test_the_book_builds_without_warnings_and_loads_nothing_from_outside(built_book):
+    site, _, build = built_book
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    html = site / "_build" / "html"
+    for f in toc_files():
+        page = html / f"{f}.html"
+        assert page.exists(), f"{f} was not built"
+        assert external_loads(page.read_text()) == [], f"{f} loads from the internet"
+    assert (html / "vega" / "vega-embed.min.js").exists() and (html / "mathjax" / "tex-mml-chtml.js").exists()
+
+
+def test_the_external_load_check_sees_cdn_scripts_and_ignores_links():
+    page = ('<script src="https://cdn.jsdelivr.net/npm/vega@6"></script><script src="../vega/vega.min.js"></script>'
+            '<link rel="stylesheet" href="//fonts.example/x.css"><a href="https://arxiv.org/abs/2407.10827">paper</a>')
+    assert external_loads(page) == ["https://cdn.jsdelivr.net/npm/vega@6", "//fonts.example/x.css"]
+
+
+@pytest.mark.slow
+def test_every_page_renders_in_headless_chromium_offline(built_book):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip(f"no Chromium: {INSTALL_HINT} (CI installs it, so CI always runs this test)")
+    site, _, build = built_book
+    assert build.returncode == 0
+    shots = REPO / "_build" / "screenshots"
+    reports = {r.page: r for r in check_book(site / "_build" / "html", shots=shots, chromium=chromium)}
+    for f in toc_files():
+        assert f"{f}.html" in reports
+    for page, r in reports.items():
+        assert r.problems == [], f"{page}: {r.problems}"
+        assert r.screenshot is not None and Path(r.screenshot).stat().st_size > 10_000
+    assert reports["book/executed/01_task_behaviour.html"].charts == 1
+    assert reports["book/executed/02_circuits_over_training.html"].charts == 5
+    methods = reports["book/methods.html"]
+    assert methods.has_math and methods.math_rendered  # the vendored MathJax typeset the equations
