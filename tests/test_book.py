@@ -44,7 +44,8 @@ def test_every_notebook_runs_and_writes_its_figures(built_book):
     assert report.failed == []
     assert sorted(n for n, _ in report.executed) == [p.stem for p in list_notebooks()]
     figures = site / "book" / "executed" / "figures"
-    for stem in ("figure1_task_behaviour", "circuit_size_edges", "edge_stability", "size_against_model"):
+    for stem in ("figure1_task_behaviour", "circuit_size_edges", "edge_stability", "size_against_model",
+                 "whole_curve_cpr"):
         assert (figures / f"{stem}.svg").read_text().lstrip().startswith("<svg")
         assert (figures / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         keys = (figures / f"{stem}.keys.txt").read_text().split()
@@ -84,6 +85,6 @@ def test_every_page_renders_in_headless_chromium_offline(built_book):
         assert r.problems == [], f"{page}: {r.problems}"
         assert r.screenshot is not None and Path(r.screenshot).stat().st_size > 10_000
     assert reports["book/executed/01_task_behaviour.html"].charts == 1
-    assert reports["book/executed/02_circuits_over_training.html"].charts == 5
+    assert reports["book/executed/02_circuits_over_training.html"].charts == 7
     methods = reports["book/methods.html"]
     assert methods.has_math and methods.math_rendered  # the vendored MathJax typeset the equations

@@ -111,3 +111,33 @@ def test_notebooks_follow_the_conventions(path):
     for cell in code[2:]:
         assert not [n for n in ast.parse("".join(cell["source"])).body if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert nb["cells"][0]["cell_type"] == "markdown" and nb["cells"][0]["source"][0].startswith("# ")
+
+
+def test_whole_curve_scores_are_trapezoid_areas_over_the_edge_fractions():
+    from circuittrack.circuits.faithfulness import MIB_FRACTIONS, area_scores, fraction_sizes
+
+    assert fraction_sizes(1487) == [2, 3, 8, 15, 30, 75, 149, 298, 744, 1487]
+    assert fraction_sizes(102)[:4] == [1, 1, 1, 2] and fraction_sizes(102)[-1] == 102
+    cpr, cmd = area_scores([0.0, 0.5, 1.0], [0.0, 1.0, 1.0])  # a triangle plus a rectangle
+    assert (cpr, cmd) == pytest.approx((0.75, 0.25))
+    fr = pd.DataFrame({"model": "m", "task": "ioi", "step": 5, "tokens": 50, "fraction": list(MIB_FRACTIONS),
+                       "metric": [2.0] * 10, "n": 1, "n_edges": 1, "n_nodes": 1})
+    summ = pd.DataFrame([{"model": "m", "task": "ioi", "step": 5, "tokens": 50, "full_metric": 2.0,
+                          "empty_metric": 1.0, "status": "reached"}])
+    s = circuits.whole_curve_scores(fr, summ).iloc[0]
+    width = MIB_FRACTIONS[-1] - MIB_FRACTIONS[0]  # faithfulness 1 everywhere: the area is the span, CMD 0
+    assert s["cpr"] == pytest.approx(width) and s["cmd"] == pytest.approx(0.0)
+    assert s["cpr_normalised"] == pytest.approx(width)
+    undefined = circuits.whole_curve_scores(fr, summ.assign(full_metric=-1.0)).iloc[0]
+    assert math.isnan(undefined["cpr"]) and math.isnan(undefined["cpr_normalised"])
+
+
+def test_the_noise_floor_compares_the_two_halves_at_each_checkpoint():
+    summ = _summary([("m", "ioi", 7, 70, "reached", 2, 3), ("m", "ioi", 8, 80, "reached", 2, 3)])
+    half1 = pd.DataFrame({"model": "m", "task": "ioi", "step": [7, 7, 8], "tokens": [70, 70, 80],
+                          "edge": ["a", "b", "a"], "score": [1.0, 1.0, 1.0]})
+    half2 = pd.DataFrame({"model": "m", "task": "ioi", "step": [7, 8], "tokens": [70, 80], "edge": ["a", "a"],
+                          "score": [1.0, 1.0]})
+    floor = circuits.noise_floor(half1, half2, summ, summ.iloc[:1])  # step 8 has no second-half circuit
+    assert list(floor["step"]) == [7] and floor["jaccard"].iloc[0] == pytest.approx(0.5)
+    assert floor["weighted_jaccard"].iloc[0] == pytest.approx(0.5 / 1.5)  # min .5 (a); max 1 (a) + .5 (b)

@@ -75,6 +75,29 @@ def faithfulness(circuit_metric, full_metric: float, empty_metric: float | None 
 # ----- grids --------------------------------------------------------------------------------------------------
 
 
+#: The MIB circuit track's edge fractions (0.1% to 100% of all edges) for whole-curve scores.
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def fraction_sizes(n_edges: int, fractions=MIB_FRACTIONS) -> list[int]:
+    """Greedy sizes for edge fractions: ceil(fraction x edges), at least one edge (one size per fraction)."""
+    return [max(1, math.ceil(f * n_edges - 1e-9)) for f in fractions]
+
+
+def area_scores(fractions, faithfulness) -> tuple[float, float]:
+    """MIB's whole-curve scores: CPR, the area under faithfulness over the edge fractions (trapezoid; higher is
+    better), and CMD, the area under |1 - faithfulness| (0 is best). NaN if any faithfulness is undefined."""
+    import numpy as np
+
+    x = np.asarray(fractions, dtype=float)
+    f = np.asarray(faithfulness, dtype=float)
+    if len(x) != len(f) or len(x) < 2:
+        raise InvalidInput("area_scores needs one faithfulness per fraction, at least two")
+    if not np.isfinite(f).all():
+        return math.nan, math.nan
+    return float(np.trapezoid(f, x)), float(np.trapezoid(np.abs(1.0 - f), x))
+
+
 def paper_grid(start: int = 25, stop: int = 1600, step: int = 25) -> list[int]:
     """The paper's sweep sizes 25, 50, ..., 1600."""
     return list(range(start, stop + 1, step))

@@ -115,22 +115,48 @@ def stability(edges: pd.DataFrame, summary: pd.DataFrame, from_step: int = 0) ->
     return out
 
 
-def stability_figure(stab: pd.DataFrame, models: list[str]) -> alt.ConcatChart:
+def noise_floor(edges_1: pd.DataFrame, edges_2: pd.DataFrame, summary_1: pd.DataFrame,
+                summary_2: pd.DataFrame) -> pd.DataFrame:
+    """Jaccard between the circuits found on the two disjoint halves of a task's dataset at the same checkpoint
+    (both reached): how much the edge set changes from resampling alone."""
+    ok = summary_1[summary_1["status"] == "reached"].merge(
+        summary_2[summary_2["status"] == "reached"], on=["model", "task", "step", "tokens"])[
+        ["model", "task", "step", "tokens"]]
+    rows = []
+    for r in ok.itertuples(index=False):
+        pick = [e[(e["model"] == r.model) & (e["task"] == r.task) & (e["step"] == r.step)] for e in (edges_1, edges_2)]
+        w = [dict(zip(p["edge"], p["score"].abs() / p["score"].abs().sum())) for p in pick]
+        rows.append({"model": r.model, "task": r.task, "step": r.step, "tokens": r.tokens,
+                     "jaccard": jaccard(set(pick[0]["edge"]), set(pick[1]["edge"])),
+                     "weighted_jaccard": weighted_jaccard(*w)})
+    return pd.DataFrame(rows, columns=["model", "task", "step", "tokens", "jaccard", "weighted_jaccard"])
+
+
+def stability_figure(stab: pd.DataFrame, models: list[str], floor: pd.DataFrame | None = None) -> alt.ConcatChart:
     """Jaccard similarity to the previous checkpoint's circuit: the paper's EWMA of the unweighted Jaccard (solid)
-    and the score-weighted Jaccard (dashed), per task."""
+    and the score-weighted Jaccard (dashed), per task; with ``floor``, the Jaccard between circuits of two
+    disjoint halves of the data at one checkpoint (diamonds): a drop below them exceeds resampling noise."""
     long = stab.melt(id_vars=["model", "task", "step", "tokens"], value_vars=["jaccard_ewma", "weighted_jaccard"],
                      var_name="measure", value_name="value")
     long["measure"] = long["measure"].map({"jaccard_ewma": "Jaccard (EWMA, paper)",
                                            "weighted_jaccard": "weighted Jaccard"})
     long = long[long["tokens"] > 0]
+    floors = floor if floor is not None else pd.DataFrame(columns=["model", "task", "step", "tokens", "jaccard"])
+    colour = alt.Color("model:N", scale=model_scale(models), title="Model")
+    y = alt.Y("value:Q", title=AXIS_TITLES["jaccard"], scale=alt.Scale(domain=[0, 1]))
 
     def make(d):
-        base = alt.Chart(d).encode(
-            x=tokens_axis(), y=alt.Y("value:Q", title=AXIS_TITLES["jaccard"], scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("model:N", scale=model_scale(models), title="Model"),
-            strokeDash=alt.StrokeDash("measure:N", title="Measure"),
+        task = d["task"].iloc[0] if len(d) else None
+        lines = alt.Chart(d).mark_line().encode(
+            x=tokens_axis(), y=y, color=colour, strokeDash=alt.StrokeDash("measure:N", title="Measure"),
             tooltip=_TOOLTIP + [alt.Tooltip("measure:N"), alt.Tooltip("value:Q", format=".3f")])
-        return base.mark_line()
+        f = floors[floors["task"] == task].rename(columns={"jaccard": "value"})
+        if f.empty:
+            return lines
+        marks = alt.Chart(f).mark_point(shape="diamond", size=70, filled=True, opacity=0.85).encode(
+            x=tokens_axis(), y=y, color=colour,
+            tooltip=_TOOLTIP + [alt.Tooltip("value:Q", title="Jaccard between halves (noise floor)", format=".3f")])
+        return lines + marks
     return _panels(long, make)
 
 
@@ -194,3 +220,41 @@ def summary(summary: pd.DataFrame, stab: pd.DataFrame, corr: pd.DataFrame) -> st
         else:
             lines[-1] += "."
     return "\n".join(lines)
+
+
+def whole_curve_scores(fractions: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """MIB's CPR and CMD per model, task and checkpoint, for the paper's plain ratio m(C)/m(full) and for the
+    normalised faithfulness (m(C) - m(empty)) / (m(full) - m(empty)); NaN where a form is undefined."""
+    from circuittrack.circuits.faithfulness import area_scores
+
+    base = summary[["model", "task", "step", "tokens", "full_metric", "empty_metric", "status"]]
+    df = fractions.merge(base, on=["model", "task", "step", "tokens"])
+    rows = []
+    for (model, task, step, tokens), d in df.groupby(["model", "task", "step", "tokens"], sort=False):
+        d = d.sort_values("fraction")
+        full, empty = float(d["full_metric"].iloc[0]), float(d["empty_metric"].iloc[0])
+        plain = d["metric"] / full if full > 1e-6 else d["metric"] * math.nan
+        norm = (d["metric"] - empty) / (full - empty) if full - empty > 1e-6 else d["metric"] * math.nan
+        cpr, cmd = area_scores(d["fraction"], plain)
+        ncpr, ncmd = area_scores(d["fraction"], norm)
+        rows.append({"model": model, "task": task, "step": step, "tokens": tokens, "cpr": cpr, "cmd": cmd,
+                     "cpr_normalised": ncpr, "cmd_normalised": ncmd})
+    return pd.DataFrame(rows, columns=["model", "task", "step", "tokens", "cpr", "cmd", "cpr_normalised",
+                                       "cmd_normalised"])
+
+
+def whole_curve_figure(scores: pd.DataFrame, models: list[str], what: str = "cpr") -> alt.ConcatChart:
+    """CPR (or CMD) over training per task: the paper's plain ratio (solid) and the normalised form (dashed)."""
+    long = scores.melt(id_vars=["model", "task", "step", "tokens"], value_vars=[what, f"{what}_normalised"],
+                       var_name="form", value_name="value")
+    long["form"] = long["form"].map({what: "plain ratio (paper)", f"{what}_normalised": "normalised (MIB)"})
+    long = long[(long["tokens"] > 0) & long["value"].notna()]
+    title = {"cpr": "CPR (area under faithfulness)", "cmd": "CMD (area under |1 - faithfulness|)"}[what]
+
+    def make(d):
+        return alt.Chart(d).mark_line(point=True).encode(
+            x=tokens_axis(), y=alt.Y("value:Q", title=title),
+            color=alt.Color("model:N", scale=model_scale(models), title="Model"),
+            strokeDash=alt.StrokeDash("form:N", title="Faithfulness"),
+            tooltip=_TOOLTIP + [alt.Tooltip("form:N"), alt.Tooltip("value:Q", format=".3f")])
+    return _panels(long, make)

@@ -38,11 +38,14 @@ class Source:
     notebook: str
     read_keys: set[str] = field(default_factory=set)
 
-    def load(self, analysis: str, table: str) -> pd.DataFrame:
-        """One table of ``analysis`` for this chapter's jobs (every job must be done)."""
-        keys = [j.key for j in self.grid.jobs if j.analysis == analysis]
+    def load(self, analysis: str, table: str, **params) -> pd.DataFrame:
+        """One table of ``analysis`` for this chapter's jobs, optionally only the jobs whose parameters have the
+        given values (e.g. ``half=0``: circuits on the whole dataset)."""
+        keys = [j.key for j in self.grid.jobs if j.analysis == analysis
+                and all(j.params.get(k) == v for k, v in params.items())]
         if not keys:
-            raise InvalidInput(f"{self.notebook}: the grid part has no {analysis!r} jobs")
+            where = f" with {params}" if params else ""
+            raise InvalidInput(f"{self.notebook}: the grid part has no {analysis!r} jobs{where}")
         df = load_results(analysis, table, root=self.store.root, keys=keys)
         self.read_keys.update(keys)
         return df
@@ -93,7 +96,7 @@ def _analysis_params(grid: Grid) -> str:
     """The parameters that differ from nothing: one 'analysis(k=v, ...)' per analysis, per-task values merged."""
     seen: dict[str, dict] = {}
     for job in grid.jobs:
-        params = {k: v for k, v in job.params.items() if k not in ("n", "seed", "dtype")}
+        params = {k: v for k, v in job.params.items() if k not in ("n", "seed", "dtype", "half")}
         seen.setdefault(job.analysis, params)
     return "; ".join(f"{a}({', '.join(f'{k}={v}' for k, v in p.items())})" for a, p in seen.items())
 

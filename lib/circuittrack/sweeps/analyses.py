@@ -46,7 +46,8 @@ class Param:
             raise InvalidInput(f"{where}: {self.name} {value!r} is not valid; valid: {choices(self.allowed)}")
         if str in self.types and int in self.types and isinstance(value, str) and value != AUTO:
             raise InvalidInput(f"{where}: {self.name} must be a positive integer or 'auto', got {value!r}")
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1 and self.name != "seed":
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1 and self.name != "seed" \
+                and not self.allowed:
             raise InvalidInput(f"{where}: {self.name} must be positive, got {value!r}")
         return value
 
@@ -111,12 +112,17 @@ def _task_data(checkpoint, task: str, params: dict):
     key = (task, fingerprint, params["n"], params["seed"])
     if fingerprint is not None and key in _DATA_CACHE:
         _DATA_CACHE.move_to_end(key)
-        return _DATA_CACHE[key]
-    data = get_task(task).make(checkpoint.tokenizer, n=params["n"], seed=params["seed"])
-    if fingerprint is not None:
-        _DATA_CACHE[key] = data
-        while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
-            _DATA_CACHE.popitem(last=False)
+        data = _DATA_CACHE[key]
+    else:
+        data = get_task(task).make(checkpoint.tokenizer, n=params["n"], seed=params["seed"])
+        if fingerprint is not None:
+            _DATA_CACHE[key] = data
+            while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
+                _DATA_CACHE.popitem(last=False)
+    half = params.get("half", 0)
+    if half:  # one of two disjoint halves of the dataset (the resampling noise floor)
+        h = len(data) // 2
+        data = data.slice((half - 1) * h, half * h)
     return data
 
 
@@ -167,7 +173,8 @@ def _circuit(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
     circuit, size = result.circuit, result.size
     summary = {k: v for k, v in result.summary().items() if k not in ("method", "ig_steps", "backend")}
     summary["seed"] = params["seed"]
-    tables = {"summary": pd.DataFrame([summary]), "curve": size.to_frame()}
+    tables = {"summary": pd.DataFrame([summary]), "curve": size.to_frame(),
+              "fractions": pd.DataFrame(columns=["fraction", "n", "metric", "n_edges", "n_nodes"])}
     if circuit is None:  # undefined, not searched: no scores, no edges
         tables["edges"] = pd.DataFrame({"edge": pd.Series([], dtype=str), "source": pd.Series([], dtype=str),
                                         "target": pd.Series([], dtype=str), "score": pd.Series([], dtype="float32"),
@@ -181,11 +188,34 @@ def _circuit(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
                                     "source": sources, "target": targets,
                                     "score": circuit.scores[src, dst].numpy(),
                                     "greedy_rank": edge_ranks(graph, size.order)[src, dst].numpy()})
+    if params["fractions"]:
+        tables["fractions"] = _fraction_points(checkpoint, data, circuit, size, params)
     if params["keep_scores"]:
         every_src, every_dst = graph.edge_index
         tables["scores"] = pd.DataFrame({"edge": graph.edge_names(),
                                          "score": circuit.scores[every_src, every_dst].numpy()})
     return tables
+
+
+def _fraction_points(checkpoint, data, circuit, size, params) -> pd.DataFrame:
+    """The greedy circuits at the MIB edge fractions (sizes the search already evaluated are reused)."""
+    from circuittrack.circuits.evaluation import evaluate_circuits
+    from circuittrack.circuits.faithfulness import MIB_FRACTIONS, faithfulness_curve, fraction_sizes
+
+    graph = circuit.graph
+    sizes = fraction_sizes(graph.n_edges)
+    known = {p.n: p for p in size.points}
+    missing = sorted({n for n in sizes if n not in known})
+    if missing:
+        def evaluate(masks):
+            return evaluate_circuits(checkpoint.model, graph, data, masks, batch_size=params["batch_size"],
+                                     circuit_batch=params["circuit_batch"], backend=params["backend"])
+        k = 8 if params["circuit_batch"] == AUTO else params["circuit_batch"]
+        curve = faithfulness_curve(graph, circuit.scores, evaluate, missing, k=k, full_metric=size.full_metric,
+                                   empty_metric=size.empty_metric)
+        known.update({p.n: p for p in curve.points})
+    return pd.DataFrame([{"fraction": f, "n": n, "metric": known[n].metric, "n_edges": known[n].n_edges,
+                          "n_nodes": known[n].n_nodes} for f, n in zip(MIB_FRACTIONS, sizes)])
 
 
 register(Analysis(
@@ -201,7 +231,11 @@ register(Analysis(
         Param("threshold", (float, int), 0.8, "faithfulness the circuit must reach"),
         Param("max_size", (int,), 1600, "largest greedy circuit searched (the paper: 1600)"),
         Param("keep_scores", (bool,), False, "also store every edge's score (large at 2.8b)"),
+        Param("fractions", (bool,), True, "also evaluate the greedy circuits at the MIB edge fractions (0.1% to "
+              "100% of edges) for the whole-curve scores CPR and CMD"),
+        Param("half", (int,), 0, "0: the whole dataset; 1 or 2: one of its two disjoint halves (the resampling "
+              "noise floor of stability)", allowed=(0, 1, 2)),
         Param("search_undefined", (bool,), False, "also score and search where faithfulness is undefined (the "
               "full model's metric is not positive), to record the metric curve there; off: one pass decides"),
     ),
-    _circuit, tables=("summary", "curve", "edges"), optional_tables=("scores",)))
+    _circuit, tables=("summary", "curve", "edges", "fractions"), optional_tables=("scores",)))
