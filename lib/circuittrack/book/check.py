@@ -123,7 +123,7 @@ def check_page(chromium: str, page: Path, root: Path, shots: Path | None) -> Pag
     if shots is not None:
         shots.mkdir(parents=True, exist_ok=True)
         out = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
-        _chromium(chromium, page, [f"--screenshot={out}", "--window-size=1280,4000"])
+        _chromium(chromium, page, [f"--screenshot={out}", "--window-size=1280,7000"])
         report.screenshot = str(out) if out.exists() else None
     return report
 

@@ -53,7 +53,9 @@ def left_out(summary: pd.DataFrame) -> pd.DataFrame:
     for col in ("reached", "not_reached", "undefined"):
         if col not in out.columns:
             out[col] = 0
-    return out[["reached", "not_reached", "undefined"]].reset_index()
+    out = out[["reached", "not_reached", "undefined"]].reset_index()
+    out.columns.name = None
+    return out
 
 
 def curves_figure(curve: pd.DataFrame, summary: pd.DataFrame, models: list[str], threshold: float = 0.8,
@@ -187,7 +189,7 @@ def correlations(sizes: pd.DataFrame) -> pd.DataFrame:
 def size_against_model_figure(sizes: pd.DataFrame, models: list[str]) -> alt.Chart:
     """Mean circuit nodes against parameter count (log axis), one line per task."""
     base = alt.Chart(sizes.assign(task=sizes["task"].map(lambda t: TASK_TITLES.get(t, t)))).encode(
-        x=alt.X("params:Q", scale=alt.Scale(type="log"), title=AXIS_TITLES["params"],
+        x=alt.X("params:Q", scale=alt.Scale(type="log", nice=False), title=AXIS_TITLES["params"],
                 axis=alt.Axis(format="~s")),
         y=alt.Y("mean_nodes:Q", title="Mean circuit size (nodes)"),
         color=alt.Color("task:N", title="Task"),

@@ -115,8 +115,14 @@ def fluctuation_rows(summary: pd.DataFrame, from_step: int) -> list[dict]:
 
 def claims_table(emergence: pd.DataFrame, corr: pd.DataFrame, sizes: pd.DataFrame, summary: pd.DataFrame,
                  from_step: int) -> pd.DataFrame:
-    rows = (emergence_rows(emergence) + correlation_rows(corr) + fluctuation_rows(summary, from_step)
-            + node_count_rows(sizes))
+    """Every row, claims first, tasks in the paper's order within each claim."""
+    rank = {t: i for i, t in enumerate(TASK_TITLES.values())}
+
+    def ordered(rows: list[dict]) -> list[dict]:
+        return sorted(rows, key=lambda r: rank.get(r["item"], len(rank)))
+
+    rows = (ordered(emergence_rows(emergence)) + ordered(correlation_rows(corr))
+            + ordered(fluctuation_rows(summary, from_step)) + node_count_rows(sizes))
     rows.append(_row("the IOI algorithm persists while its heads change", "IOI", "stable after it forms",
                      "-", "not comparable", "the component and path-patching chapter is not built yet"))
     return pd.DataFrame(rows)

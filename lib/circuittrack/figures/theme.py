@@ -101,3 +101,20 @@ def save(chart: alt.TopLevelMixin, stem: str, keys_text: str | None = None, fold
     if keys_text is not None:
         (folder / f"{stem}.keys.txt").write_text(keys_text)
     return svg
+
+
+#: Column headings the book's tables show.
+COLUMN_TITLES = {"task": "Task", "model": "Model", "models": "Models", "pearson_r": "Pearson r",
+                 "reached": "circuit found", "not_reached": "not reached by the cap",
+                 "undefined": "undefined (task not done)", "claim": "Claim", "item": "Item", "paper": "Paper",
+                 "this run": "This run", "verdict": "Verdict", "why": "Why"}
+
+
+def table(df, digits: int = 2):
+    """A table as the book shows it: task names spelled out, readable headings, no index, rounded numbers."""
+    shown = df.reset_index() if df.index.name or df.index.names[0] is not None else df
+    if "task" in shown.columns:
+        shown = shown.assign(task=shown["task"].map(lambda t: TASK_TITLES.get(t, t)))
+    shown = shown.rename(columns=COLUMN_TITLES)
+    shown.columns.name = None
+    return shown.style.hide(axis="index").format(precision=digits)
