@@ -88,3 +88,21 @@ def test_every_page_renders_in_headless_chromium_offline(built_book):
     assert reports["book/executed/02_circuits_over_training.html"].charts == 7
     methods = reports["book/methods.html"]
     assert methods.has_math and methods.math_rendered  # the vendored MathJax typeset the equations
+
+
+@pytest.mark.slow
+def test_a_chapter_reruns_with_papermill_on_part_of_a_grid_as_the_rerun_page_says(tmp_path):
+    out = tmp_path / "out.ipynb"
+    papermill = str(Path(sys.executable).parent / "papermill")
+    chapter = str(REPO / "notebooks" / "01_task_behaviour.ipynb")
+    narrowed = (f"{{grid: grids/smoke.yaml, models: [toy-s], tasks: [ioi], checkpoints: [1200], "
+                f"store: {tmp_path / 'store'}}}")
+    done = subprocess.run([papermill, chapter, str(out), "-y", narrowed],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 results: 1 models x 1 checkpoints x 1 tasks" in out.read_text()
+    assert (tmp_path / "figures" / "figure1_task_behaviour.svg").exists()
+    bad = subprocess.run([papermill, chapter, str(tmp_path / "bad.ipynb"), "-y",
+                          "{grid: grids/smoke.yaml, models: [toy-xl]}"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and "models toy-xl not in this grid; valid: toy-s" in bad.stderr + bad.stdout
