@@ -55,7 +55,8 @@ analyses:
     (GOOD.replace("[0, 1200]", "[0, 3]"), "checkpoints: toy-s has no checkpoint at step 3; valid steps: 0, 1, 2"),
     (GOOD.replace("[0, 1200]", "sparse"), "checkpoints: 'sparse' is not a schedule of suite 'toy'; valid: all"),
     (GOOD.replace("[ioi]", "[ioi, nope]"), "tasks: 'nope' is not a task; valid tasks: gendered-pronoun"),
-    (GOOD.replace("behaviour: {n: 8}", "heads: {}"), "unknown analysis 'heads'; valid analyses: behaviour, circuit"),
+    (GOOD.replace("behaviour: {n: 8}", "nope: {}"),
+     "unknown analysis 'nope'; valid analyses: behaviour, circuit, heads"),
     (GOOD.replace("{n: 8}", "{n: 8, steps: 3}"), "analyses: behaviour: unknown parameter(s) steps"),
     (GOOD.replace("{n: 8}", "{n: eight}"), "analyses: behaviour: n must be an integer (or a per-task mapping)"),
     (GOOD.replace("{n: 8}", "{n: 8, batch_size: lots}"), "batch_size must be a positive integer or 'auto'"),
@@ -393,3 +394,15 @@ def test_a_grid_narrows_to_the_models_tasks_and_analyses_a_notebook_shows():
         grid.narrowed(models=["toy-xl"])
     with pytest.raises(ValueError, match="checkpoints 3 not in this grid"):
         grid.narrowed(checkpoints=[3])
+
+
+@pytest.mark.slow
+def test_the_head_score_analysis_runs_per_checkpoint_without_a_task(tmp_path):
+    grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 1200]\nanalyses: {heads: {}}\n")
+    report = run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
+    assert len(report.computed) == 2 and report.failed == []
+    scores = load_results("heads", "scores", root=tmp_path / "s")
+    assert len(scores) == 2 * 2 * 4 and set(scores["length"]) == {64}  # 2 x 100 does not fit 128 positions
+    at0 = scores[scores["step"] == 0]
+    uniform = sum(1 / (i + 1) for i in range(64, 128)) / 64  # what a head attending uniformly scores
+    assert at0[["induction", "duplicate", "previous"]].to_numpy() == pytest.approx(uniform, rel=0.1)

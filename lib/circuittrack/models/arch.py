@@ -55,6 +55,7 @@ class ArchAdapter(ABC):
     ln2_path: str
     mlp_path: str
     final_ln_path: str
+    attn_path: str  # the attention module (its forward keyword arguments carry the rotary cos/sin, if any)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -125,6 +126,15 @@ class ArchAdapter(ABC):
     def merge_qkv(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Inverse of :meth:`split_qkv` (a new tensor)."""
 
+    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict) -> tuple[Tensor, Tensor]:
+        """Queries and keys [B, P, H, dh] as the attention scores see them (positional rotation applied);
+        ``attn_kwargs`` are the keyword arguments the attention module was called with."""
+        return q, k
+
+    def attn_scale(self, layer: int) -> float:
+        """The factor on q . k before the softmax."""
+        return self.d_head ** -0.5
+
 
 class GPTNeoXAdapter(ArchAdapter):
     """``GPTNeoXForCausalLM``: fused qkv output viewed as [B, P, H, 3, dh] (interleaved per head)."""
@@ -137,6 +147,7 @@ class GPTNeoXAdapter(ArchAdapter):
     ln2_path = "post_attention_layernorm"
     mlp_path = "mlp"
     final_ln_path = "gpt_neox.final_layer_norm"
+    attn_path = "attention"
 
     def _parallel(self, cfg) -> bool:
         return bool(cfg.use_parallel_residual)
@@ -157,6 +168,19 @@ class GPTNeoXAdapter(ArchAdapter):
     def merge_qkv(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return torch.stack((q, k, v), dim=-2).flatten(-3)
 
+    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict) -> tuple[Tensor, Tensor]:
+        """Rotary embedding on the first ``rotary_dim`` channels of each head (cos/sin [B, P, rotary_dim])."""
+        cos, sin = attn_kwargs["position_embeddings"]
+        cos, sin = cos.unsqueeze(2).to(q.dtype), sin.unsqueeze(2).to(q.dtype)
+        r = cos.shape[-1]
+
+        def rotate(x: Tensor) -> Tensor:
+            x_rot, x_pass = x[..., :r], x[..., r:]
+            half = torch.cat((-x_rot[..., r // 2:], x_rot[..., : r // 2]), dim=-1)
+            return torch.cat((x_rot * cos + half * sin, x_pass), dim=-1)
+
+        return rotate(q), rotate(k)
+
 
 class GPT2Adapter(ArchAdapter):
     """``GPT2LMHeadModel``: Conv1D weights [in, out]; fused c_attn output viewed as [B, P, 3, H, dh]."""
@@ -169,6 +193,7 @@ class GPT2Adapter(ArchAdapter):
     ln2_path = "ln_2"
     mlp_path = "mlp"
     final_ln_path = "transformer.ln_f"
+    attn_path = "attn"
 
     def _parallel(self, cfg) -> bool:
         return False
@@ -187,6 +212,11 @@ class GPT2Adapter(ArchAdapter):
 
     def merge_qkv(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return torch.stack((q, k, v), dim=-3).flatten(-3)
+
+    def attn_scale(self, layer: int) -> float:
+        cfg = self.model.config
+        scale = self.d_head ** -0.5 if cfg.scale_attn_weights else 1.0
+        return scale / (layer + 1) if cfg.scale_attn_by_inverse_layer_idx else scale
 
 
 ADAPTERS: dict[str, type[ArchAdapter]] = {

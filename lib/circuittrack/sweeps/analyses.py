@@ -239,3 +239,22 @@ register(Analysis(
               "full model's metric is not positive), to record the metric curve there; off: one pass decides"),
     ),
     _circuit, tables=("summary", "curve", "edges", "fractions"), optional_tables=("scores",)))
+
+
+# ----- heads (component scores: induction, duplicate-token, previous-token) --------------------------------------
+
+def _heads(checkpoint, task, params: dict) -> dict[str, pd.DataFrame]:
+    from circuittrack.components.induction import induction_scores
+
+    return {"scores": induction_scores(checkpoint.model, length=params["length"], batch=params["batch"],
+                                       seed=params["seed"])}
+
+
+register(Analysis(
+    "heads", "per-head induction, duplicate-token and previous-token scores on repeated random tokens (Figure 2)",
+    False,
+    (Param("length", (int,), 100, "random tokens per sequence before the repeat (the paper: 100; cut to half the "
+           "context)"),
+     Param("batch", (int,), 2, "sequences (the paper: 2)"),
+     Param("seed", (int,), 0, "seed of the random tokens (the paper's are unseeded)")),
+    _heads, tables=("scores",)))
