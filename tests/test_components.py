@@ -75,3 +75,52 @@ def test_an_untrained_model_attends_uniformly_so_every_score_is_the_uniform_mean
     for name in ("induction", "duplicate", "previous"):
         assert df[name].to_numpy() == pytest.approx(want, abs=1e-6)
     assert math.isclose(df["induction"].mean(), want, rel_tol=1e-3)
+
+
+def test_head_logits_follow_the_modules_literally():
+    """W_U . OV . MLP0(W_E[x]) computed by calling the model's own modules, one head and token at a time."""
+    from circuittrack.components.successor import head_logits
+
+    model = make_neox()
+    tokens = torch.tensor([3, 7, 11])
+    fast = head_logits(model, tokens)
+    H, dh = 4, 8
+    for l, layer in enumerate(model.gpt_neox.layers):
+        for h in range(H):
+            for i, t in enumerate(tokens.tolist()):
+                with torch.no_grad():
+                    m0 = model.gpt_neox.layers[0].mlp(model.gpt_neox.embed_in.weight[t])
+                    v = layer.attention.query_key_value(m0).view(H, 3, dh)[h, 2]
+                    o = v @ layer.attention.dense.weight[:, h * dh:(h + 1) * dh].T
+                    want = model.lm_head.weight @ o
+                assert torch.allclose(fast[l, h, i], want, atol=1e-5)
+
+
+def test_successor_scores_count_unique_highest_successors(monkeypatch):
+    import circuittrack.components.successor as succ
+
+    class Tok:  # every sequence item is one token: ids in order of appearance
+        def __init__(self):
+            self.ids = {}
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[self.ids.setdefault(t, len(self.ids))] for t in texts]}
+
+    tok = Tok()
+    pairs = succ.successor_pairs(succ.sequence_tokens(tok))
+    V = len(tok.ids)
+
+    def designed(model, token_ids):
+        logits = torch.zeros(1, 2, len(token_ids), V)  # head 1: all ties -> no success
+        for i, x in enumerate(token_ids.tolist()):  # head 0: each successor of x ("May": June and Jun) scores 1
+            logits[0, 0, i, [y for _, a, y in pairs if a == x]] = 1.0
+        return logits
+
+    class Model:
+        config = make_neox().config
+
+    monkeypatch.setattr(succ, "head_logits", designed)
+    monkeypatch.setattr(succ, "get_arch", lambda m: type("A", (), {"n_layers": 1, "n_heads": 2})())
+    df = succ.successor_scores(Model(), tok)
+    assert df["successor"].tolist() == [1.0, 0.0] and df["pairs"].iloc[0] == len(pairs)
+    assert len(pairs) == sum(len(v) - 1 for v in succ.SEQUENCES.values())  # every item is a single token

@@ -126,6 +126,18 @@ class ArchAdapter(ABC):
     def merge_qkv(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Inverse of :meth:`split_qkv` (a new tensor)."""
 
+    def embed_weight(self) -> Tensor:
+        """W_E [V, d]."""
+        return unwrap(self.model).get_input_embeddings().weight
+
+    def unembed_weight(self) -> Tensor:
+        """W_U [V, d] (logits = final residual after the final LayerNorm @ W_U.T)."""
+        return unwrap(self.model).get_output_embeddings().weight
+
+    def mlp(self, layer: int) -> nn.Module:
+        """Layer ``layer``'s MLP module (input: the normalised residual, output: its residual write)."""
+        return self._layers[layer]["mlp"]
+
     def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict) -> tuple[Tensor, Tensor]:
         """Queries and keys [B, P, H, dh] as the attention scores see them (positional rotation applied);
         ``attn_kwargs`` are the keyword arguments the attention module was called with."""

@@ -245,13 +245,16 @@ register(Analysis(
 
 def _heads(checkpoint, task, params: dict) -> dict[str, pd.DataFrame]:
     from circuittrack.components.induction import induction_scores
+    from circuittrack.components.successor import successor_scores
 
-    return {"scores": induction_scores(checkpoint.model, length=params["length"], batch=params["batch"],
-                                       seed=params["seed"])}
+    scores = induction_scores(checkpoint.model, length=params["length"], batch=params["batch"], seed=params["seed"])
+    succ = successor_scores(checkpoint.model, checkpoint.tokenizer)
+    return {"scores": scores.merge(succ, on=["layer", "head", "node"])}
 
 
 register(Analysis(
-    "heads", "per-head induction, duplicate-token and previous-token scores on repeated random tokens (Figure 2)",
+    "heads", "per-head induction, duplicate-token, previous-token (repeated random tokens) and successor scores "
+    "(Figure 2)",
     False,
     (Param("length", (int,), 100, "random tokens per sequence before the repeat (the paper: 100; cut to half the "
            "context)"),
