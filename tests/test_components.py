@@ -124,3 +124,43 @@ def test_successor_scores_count_unique_highest_successors(monkeypatch):
     df = succ.successor_scores(Model(), tok)
     assert df["successor"].tolist() == [1.0, 0.0] and df["pairs"].iloc[0] == len(pairs)
     assert len(pairs) == sum(len(v) - 1 for v in succ.SEQUENCES.values())  # every item is a single token
+
+
+@pytest.mark.slow
+def test_copy_score_logits_follow_the_modules_literally():
+    """Residual after layer 0 at the name positions -> the head's LayerNorm, V, O -> final LayerNorm -> W_U, by
+    calling the model's own modules (hidden_states[1] is the residual after layer 0)."""
+    from circuittrack import get_task, load_checkpoint
+    from circuittrack.components.copying import head_name_logits, name_positions
+
+    ck = load_checkpoint("toy", "toy-s", "final")
+    model, data = ck.model, get_task("ioi").make(ck.tokenizer, n=4)
+    ex, pos, ids = name_positions(data)
+    assert len(ids) == 12 and torch.equal(data.clean[ex, pos], ids)  # IO, S1, S2 of each prompt
+    fast, names = head_name_logits(model, data)
+    with torch.no_grad():
+        resid = model(input_ids=data.clean, output_hidden_states=True).hidden_states[1]
+        H, dh = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+        for l, layer in enumerate(model.gpt_neox.layers):
+            for h in (0, H - 1):
+                for j in (0, 5, 11):
+                    x = layer.input_layernorm(resid[ex[j], pos[j]])
+                    v = layer.attention.query_key_value(x).view(H, 3, dh)[h, 2]
+                    o = v @ layer.attention.dense.weight[:, h * dh:(h + 1) * dh].T
+                    want = model.lm_head(model.gpt_neox.final_layer_norm(o))
+                    assert torch.allclose(fast[l, h, j], want, atol=1e-4)
+
+
+def test_copy_scores_are_the_share_of_names_in_the_top_5(monkeypatch):
+    import circuittrack.components.copying as cp
+
+    ids = torch.tensor([3, 4, 5, 6])
+    logits = torch.zeros(1, 2, 4, 10)
+    logits[0, 0, torch.arange(4), ids] = 9.0  # head 0: each name is its own top logit
+    logits[0, 0, 3, :] = -torch.arange(10.0)  # ... except the last: ids 0-4 are its top 5, the name (6) is not
+    logits[0, 1] = -logits[0, 0]  # head 1: the mirror image
+    monkeypatch.setattr(cp, "head_name_logits", lambda model, data: (logits, ids))
+    df = cp.copy_scores(None, None)
+    assert df["copy"].tolist() == pytest.approx([75.0, 25.0])
+    assert df["negative_copy"].tolist() == pytest.approx([25.0, 75.0])  # negated: 5-9 on top at position 3
+    assert df["name_positions"].iloc[0] == 4

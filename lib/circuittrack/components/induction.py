@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from circuittrack.components.patterns import attention_patterns
+from circuittrack.components.table import head_table
 from circuittrack.errors import InvalidInput
 
 PAPER_LENGTH = 100
@@ -60,8 +61,4 @@ def induction_scores(model, length: int = PAPER_LENGTH, batch: int = PAPER_BATCH
     length = min(length, n_ctx // 2)
     tokens = repeated_random_tokens(int(cfg.vocab_size), length, batch, seed)
     scores = diagonal_scores(attention_patterns(model, tokens), length)
-    L, H = scores["induction"].shape
-    layer, head = torch.meshgrid(torch.arange(L), torch.arange(H), indexing="ij")
-    return pd.DataFrame({"layer": layer.flatten().numpy(), "head": head.flatten().numpy(),
-                         "node": [f"a{l}.h{h}" for l, h in zip(layer.flatten().tolist(), head.flatten().tolist())],
-                         **{k: v.flatten().numpy() for k, v in scores.items()}, "length": length, "batch": batch})
+    return head_table(scores, length=length, batch=batch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from circuittrack.components.table import head_table
 from circuittrack.models.arch import get_arch
 from circuittrack.tasks.prompts import encode_many
 
@@ -79,8 +80,4 @@ def successor_scores(model, tokenizer) -> pd.DataFrame:
         target = scores[..., (members == y).nonzero()[0, 0]]
         unique = (scores == best[..., None]).sum(-1) == 1
         hits += ((target == best) & unique).float()
-    score = hits / len(pairs)
-    layer, head = torch.meshgrid(torch.arange(a.n_layers), torch.arange(a.n_heads), indexing="ij")
-    return pd.DataFrame({"layer": layer.flatten().numpy(), "head": head.flatten().numpy(),
-                         "node": [f"a{l}.h{h}" for l, h in zip(layer.flatten().tolist(), head.flatten().tolist())],
-                         "successor": score.flatten().numpy(), "pairs": len(pairs)})
+    return head_table({"successor": hits / len(pairs)}, pairs=len(pairs))

@@ -244,17 +244,23 @@ register(Analysis(
 # ----- heads (component scores: induction, duplicate-token, previous-token) --------------------------------------
 
 def _heads(checkpoint, task, params: dict) -> dict[str, pd.DataFrame]:
+    from circuittrack.components.copying import copy_scores
     from circuittrack.components.induction import induction_scores
     from circuittrack.components.successor import successor_scores
+    from circuittrack.tasks.registry import get_task
 
     scores = induction_scores(checkpoint.model, length=params["length"], batch=params["batch"], seed=params["seed"])
     succ = successor_scores(checkpoint.model, checkpoint.tokenizer)
-    return {"scores": scores.merge(succ, on=["layer", "head", "node"])}
+    ioi = get_task("ioi")
+    names = _task_data(checkpoint, "ioi", {"n": ioi.default_n, "seed": ioi.default_seed})
+    copies = copy_scores(checkpoint.model, names)
+    keys = ["layer", "head", "node"]
+    return {"scores": scores.merge(succ, on=keys).merge(copies, on=keys)}
 
 
 register(Analysis(
-    "heads", "per-head induction, duplicate-token, previous-token (repeated random tokens) and successor scores "
-    "(Figure 2)",
+    "heads", "per-head induction, duplicate-token, previous-token (repeated random tokens), successor and copy "
+    "scores (Figure 2)",
     False,
     (Param("length", (int,), 100, "random tokens per sequence before the repeat (the paper: 100; cut to half the "
            "context)"),
