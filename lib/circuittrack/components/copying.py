@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from circuittrack.components.ov import ov_outputs
 from circuittrack.components.table import head_table
 from circuittrack.errors import InvalidInput
 from circuittrack.models.hooks import Hooks
@@ -66,10 +67,7 @@ def head_name_logits(model, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]
     W_U = a.unembed_weight().float()
     out = []
     for l in range(a.n_layers):
-        W, b = a.qkv_params(l)
-        xn = _layer_norm(x, a.ln1(l))
-        v = torch.einsum("nd,hed->hne", xn, W[2].float()) + b[2].float()[:, None, :]
-        o = torch.einsum("hne,dhe->hnd", v, a.o_weight(l).float())
+        o = ov_outputs(a, l, _layer_norm(x, a.ln1(l)))  # [H, 3N, d]
         out.append(_layer_norm(o, a.ln_final()) @ W_U.T)
     return torch.stack(out), ids
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from circuittrack.components.ov import ov_outputs
 from circuittrack.components.table import head_table
 from circuittrack.models.arch import get_arch
 from circuittrack.tasks.prompts import encode_many
@@ -53,13 +54,7 @@ def head_logits(model, token_ids: torch.Tensor) -> torch.Tensor:
     emb = a.embed_weight()[token_ids.to(a.device)]
     mlp0 = a.mlp(0)(emb).float()  # [n, d]
     W_U = a.unembed_weight().float()
-    out = []
-    for l in range(a.n_layers):
-        W, b = a.qkv_params(l)  # [3, H, dh, d], [3, H, dh]
-        v = torch.einsum("nd,hed->hne", mlp0, W[2].float()) + b[2].float()[:, None, :]  # [H, n, dh]
-        o = torch.einsum("hne,dhe->hnd", v, a.o_weight(l).float())  # [H, n, d]
-        out.append(o @ W_U.T)
-    return torch.stack(out)
+    return torch.stack([ov_outputs(a, l, mlp0) @ W_U.T for l in range(a.n_layers)])
 
 
 def successor_scores(model, tokenizer) -> pd.DataFrame:
@@ -73,11 +68,15 @@ def successor_scores(model, tokenizer) -> pd.DataFrame:
     row = {int(t): i for i, t in enumerate(sources.tolist())}
     logits = head_logits(model, sources)  # [L, H, n, V]
     hits = torch.zeros(a.n_layers, a.n_heads)
-    for name, x, y in pairs:
-        members = torch.tensor(sorted({t for t in tokens[name] if t is not None}))
-        scores = logits[:, :, row[x], members]  # [L, H, |S|]
+    for name, ids in tokens.items():  # one gather per sequence: its pairs' rows, restricted to its tokens
+        seq = [(x, y) for s, x, y in pairs if s == name]
+        if not seq:
+            continue
+        members = torch.tensor(sorted({t for t in ids if t is not None}))
+        scores = logits[:, :, [row[x] for x, _ in seq]][..., members]  # [L, H, pairs, |S|]
         best = scores.max(-1).values
-        target = scores[..., (members == y).nonzero()[0, 0]]
+        column = torch.tensor([int((members == y).nonzero()[0, 0]) for _, y in seq])  # each successor's column
+        target = scores.gather(-1, column.view(1, 1, -1, 1).expand(*scores.shape[:3], 1)).squeeze(-1)
         unique = (scores == best[..., None]).sum(-1) == 1
-        hits += ((target == best) & unique).float()
+        hits += ((target == best) & unique).float().sum(-1)
     return head_table({"successor": hits / len(pairs)}, pairs=len(pairs))

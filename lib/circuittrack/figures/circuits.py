@@ -91,19 +91,32 @@ def weighted_jaccard(wa: dict, wb: dict) -> float:
     return sum(min(wa.get(k, 0.0), wb.get(k, 0.0)) for k in keys) / top if top else math.nan
 
 
+_NO_EDGES = pd.DataFrame({"edge": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
+
+
+def _edges_by_circuit(edges: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """The edges table split once per circuit, keyed by (model, task, step)."""
+    return {k: g for k, g in edges.groupby(["model", "task", "step"], sort=False)}
+
+
+def _score_shares(e: pd.DataFrame) -> dict:
+    """Each edge's share of the circuit's total |score| (empty when the total is 0)."""
+    w = e["score"].abs()
+    return dict(zip(e["edge"], w / w.sum())) if w.sum() > 0 else {}
+
+
 def stability(edges: pd.DataFrame, summary: pd.DataFrame, from_step: int = 0) -> pd.DataFrame:
     """Per model and task, each checkpoint's similarity to the previous one with a circuit (both reached):
     unweighted and weighted Jaccard, and the unweighted one smoothed with the paper's EWMA."""
     ok = summary[(summary["status"] == "reached") & (summary["step"] >= from_step)]
+    by_circuit = _edges_by_circuit(edges)
     rows = []
     for (model, task), s in ok.groupby(["model", "task"], sort=False):
         s = s.sort_values("step")
         sets, weights = {}, {}
         for step in s["step"]:
-            e = edges[(edges["model"] == model) & (edges["task"] == task) & (edges["step"] == step)]
-            sets[step] = set(e["edge"])
-            w = e["score"].abs()
-            weights[step] = dict(zip(e["edge"], w / w.sum())) if w.sum() > 0 else {}
+            e = by_circuit.get((model, task, step), _NO_EDGES)
+            sets[step], weights[step] = set(e["edge"]), _score_shares(e)
         steps = list(s["step"])
         tokens = dict(zip(s["step"], s["tokens"]))
         for prev, cur in zip(steps, steps[1:]):
@@ -124,13 +137,13 @@ def noise_floor(edges_1: pd.DataFrame, edges_2: pd.DataFrame, summary_1: pd.Data
     ok = summary_1[summary_1["status"] == "reached"].merge(
         summary_2[summary_2["status"] == "reached"], on=["model", "task", "step", "tokens"])[
         ["model", "task", "step", "tokens"]]
+    halves = [_edges_by_circuit(e) for e in (edges_1, edges_2)]
     rows = []
     for r in ok.itertuples(index=False):
-        pick = [e[(e["model"] == r.model) & (e["task"] == r.task) & (e["step"] == r.step)] for e in (edges_1, edges_2)]
-        w = [dict(zip(p["edge"], p["score"].abs() / p["score"].abs().sum())) for p in pick]
+        pick = [h.get((r.model, r.task, r.step), _NO_EDGES) for h in halves]
         rows.append({"model": r.model, "task": r.task, "step": r.step, "tokens": r.tokens,
                      "jaccard": jaccard(set(pick[0]["edge"]), set(pick[1]["edge"])),
-                     "weighted_jaccard": weighted_jaccard(*w)})
+                     "weighted_jaccard": weighted_jaccard(*map(_score_shares, pick))})
     return pd.DataFrame(rows, columns=["model", "task", "step", "tokens", "jaccard", "weighted_jaccard"])
 
 

@@ -1,0 +1,14 @@
+"""What each head writes into the residual stream when it reads given vectors through its OV circuit."""
+
+from __future__ import annotations
+
+import torch
+
+from circuittrack.circuits.sources import head_outputs
+
+
+def ov_outputs(arch, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """[H, n, d] (float32): x [n, d] (as the heads read it) through each head's W_V with its bias, then W_O."""
+    W, b = arch.qkv_params(layer)
+    v = torch.einsum("nd,hed->nhe", x.float(), W[2].float()) + b[2].float()  # [n, H, dh]
+    return head_outputs(arch, layer, v[None])[0].transpose(0, 1)
