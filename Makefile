@@ -24,13 +24,17 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 	@echo "==> environment ready"
 
-## toy: train the offline toy suite if it is not trained yet (cached; `circuittrack train-toy --force` redoes it)
+## toy: train the offline toy suite if it is not trained yet (cached; `circuittrack train-toy --force` redoes it);
+##      PROFILE=seeds also trains the seed variants (5 extra seeds of toy-s and toy-m, about 15 min on 2 cores)
 toy: venv
-	@echo "==> toy suite"
-	@$(VENV)/bin/circuittrack train-toy
+	@echo "==> toy suite$(if $(filter seeds,$(PROFILE)), and its seed variants,)"
+	@$(VENV)/bin/circuittrack train-toy $(if $(filter seeds,$(PROFILE)),--seeds,)
 
-## test: the whole test suite, offline (trains the toy suite first if needed)
-test: toy
+## test: the whole test suite, offline (trains the toy suite first if needed, and toy-s-seed1, which the seeds
+##       chapter's smoke run reads)
+test: venv
+	@echo "==> toy suite (and toy-s-seed1)"
+	@$(VENV)/bin/circuittrack train-toy --models toy-s toy-m toy-l toy-s-seed1
 	@echo "==> tests"
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
@@ -38,10 +42,11 @@ test: toy
 test-fast: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
-## notebooks: execute every notebook with papermill into book/executed/ (PROFILE=toy|paper|smoke, JOBS=2);
-##            each notebook computes what it shows through the sweep (results in data/results/), then draws it
+## notebooks: execute every notebook with papermill into book/executed/ (PROFILE=toy|seeds|smoke|paper|polypythias,
+##            JOBS=2); each notebook computes what it shows through the sweep (results in data/results/), then
+##            draws it; PROFILE=seeds adds chapter 6 (seed variants)
 JOBS ?= 2
-notebooks: venv $(if $(filter toy smoke,$(PROFILE)),toy,)
+notebooks: venv $(if $(filter toy smoke seeds,$(PROFILE)),toy,)
 	@echo "==> notebooks (profile $(PROFILE), $(JOBS) jobs)"
 	$(VENV)/bin/circuittrack notebooks --profile $(PROFILE) --jobs $(JOBS)
 
@@ -49,7 +54,8 @@ notebooks: venv $(if $(filter toy smoke,$(PROFILE)),toy,)
 ##       installed, open every page offline and screenshot it into _build/screenshots/
 book: notebooks
 	@echo "==> building the book"
-	@$(VENV)/bin/jupyter-book build . --path-output . -W -q
+	@$(VENV)/bin/jupyter-book build . --path-output . -W -q \
+	  --toc "$$($(PY) -c 'from circuittrack.book.notebooks import book_toc; print(book_toc("$(PROFILE)"))')"
 	@$(PY) -m circuittrack.book.check _build/html _build/screenshots
 	@echo "==> open _build/html/index.html"
 

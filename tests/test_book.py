@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 from circuittrack.book.check import INSTALL_HINT, check_book, external_loads, find_chromium
-from circuittrack.book.notebooks import list_notebooks, run_notebooks
+from circuittrack.book.notebooks import book_toc, list_notebooks, run_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def toc_files() -> list[str]:
-    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+def toc_files(toc_path: Path = REPO / "_toc.yml") -> list[str]:
+    toc = yaml.safe_load(toc_path.read_text())
     files = [toc["root"]]
     for part in toc.get("parts", []):
         files += [c["file"] for c in part["chapters"]]
@@ -33,8 +33,8 @@ def built_book(tmp_path_factory):
         shutil.copy(REPO / name, site / name)
     shutil.copytree(REPO / "book", site / "book", ignore=shutil.ignore_patterns("executed"))
     report = run_notebooks("smoke", out_dir=site / "book" / "executed", store=site / "store", progress=False)
-    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(site), "-W", "-q"],
-                           capture_output=True, text=True)
+    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(site), "-W", "-q",
+                            "--toc", str(book_toc("smoke", site))], capture_output=True, text=True)
     return site, report, build
 
 
@@ -57,7 +57,10 @@ def test_the_book_builds_without_warnings_and_loads_nothing_from_outside(built_b
     site, _, build = built_book
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     html = site / "_build" / "html"
-    for f in toc_files():
+    files = toc_files(book_toc("smoke", site))
+    assert "book/executed/06_seeds" in files and files.index("book/executed/06_seeds") + 1 == \
+        files.index("book/executed/07_compared_with_paper")  # the seeds chapter comes with seed variants
+    for f in files:
         page = html / f"{f}.html"
         assert page.exists(), f"{f} was not built"
         assert external_loads(page.read_text()) == [], f"{f} loads from the internet"
@@ -106,3 +109,15 @@ def test_a_chapter_reruns_with_papermill_on_part_of_a_grid_as_the_rerun_page_say
                           "{grid: grids/smoke.yaml, models: [toy-xl]}"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and "models toy-xl not in this grid; valid: toy-s" in bad.stderr + bad.stdout
+
+
+def test_the_default_book_leaves_the_seeds_chapter_out_and_the_seeds_profile_adds_it(tmp_path):
+    from circuittrack.book.notebooks import check_selection
+
+    assert book_toc("toy", REPO) == REPO / "_toc.yml" and "book/executed/06_seeds" not in toc_files()
+    shutil.copy(REPO / "_toc.yml", tmp_path / "_toc.yml")
+    expected = toc_files()
+    expected.insert(expected.index("book/executed/07_compared_with_paper"), "book/executed/06_seeds")
+    assert toc_files(book_toc("seeds", tmp_path)) == expected
+    assert "06_seeds" not in [p.stem for p in check_selection(None, profile="toy")]
+    assert "06_seeds" in [p.stem for p in check_selection(None, profile="seeds")]

@@ -7,6 +7,7 @@ from circuittrack.models.suites import (
     PYTHIA_TOKENS_PER_STEP,
     get_model,
     get_suite,
+    main_models,
     register_hf_model,
 )
 from circuittrack.toy.config import TOY_MODELS, TOY_SCHEDULE, TOY_TRAIN_STEPS
@@ -50,7 +51,8 @@ def test_paper_schedules():
 
 @pytest.mark.parametrize("suite,model,step,needle", [
     ("nope", "x", 0, "valid suites: pythia, toy, hf"),
-    ("pythia", "pythia-7b", 0, "valid models: pythia-70m"),
+    ("pythia", "pythia-7b", 0, "valid models: pythia-14m, pythia-14m-deduped, pythia-31m"),
+    ("pythia", "pythia-70m-seed10", 0, r"pythia-70m-seed1\.\.9, pythia-160m-seed1\.\.9"),
     ("pythia", "pythia-70m", 999, "valid steps: 0, 1, 2, 4"),
     ("pythia", "pythia-70m", "latest-ish", "valid steps"),
     ("toy", "toy-xl", 0, "valid models: toy-s, toy-m, toy-l"),
@@ -62,13 +64,13 @@ def test_bad_choices_list_the_valid_ones(suite, model, step, needle):
 
 def test_toy_suite_is_pythia_like():
     suite = get_suite("toy")
-    assert list(suite.models) == list(TOY_MODELS)
+    assert main_models(suite) == list(TOY_MODELS)
     assert TOY_SCHEDULE[0] == 0 and TOY_SCHEDULE[-1] == TOY_TRAIN_STEPS
     powers = [s for s in TOY_SCHEDULE[1:] if s & (s - 1) == 0 and s <= 256]
     assert powers == [2**i for i in range(len(powers))] and len(powers) >= 8
     tail = [s for s in TOY_SCHEDULE if s > 256]
     assert len({b - a for a, b in zip(tail, tail[1:])}) == 1  # evenly spaced
-    sizes = [spec.n_params - 2 * spec.vocab_size * spec.d_model for spec in suite.models.values()]
+    sizes = [spec.n_params - 2 * spec.vocab_size * spec.d_model for spec in map(suite.model, TOY_MODELS)]
     assert sizes == sorted(sizes) and sizes[-1] / sizes[0] > 7  # ~10x range of non-embedding parameters
 
 

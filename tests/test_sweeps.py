@@ -194,7 +194,8 @@ def test_a_failing_job_is_recorded_and_the_others_finish(capsys, tmp_path, monke
     assert all("synthetic failure on sva" in e for _, e in st.failed)
     assert len(load_results("behaviour", "metrics", root=store)) == 6
     code, out, err = run_cli(capsys, "status", "--grid", str(grid), "--store", str(store))
-    assert code == 0 and "done 9, pending 3 (of which failed 3)" in out and out.count("FAILED") == 3
+    assert code == 0 and "done 9, pending 3 (of which failed 3, checkpoint missing on the hub 0)" in out
+    assert out.count("FAILED") == 3
     report = run_grid(load_grid(grid), Store(store), progress=False)  # a rerun retries only the failures
     assert (report.skipped, len(report.computed), len(report.failed)) == (9, 0, 3)
 
@@ -379,7 +380,10 @@ def test_notebooks_get_the_profile_parameters_they_declare_and_a_failure_does_no
 
 def test_notebooks_command_refuses_bad_input_before_any_work(capsys, tmp_path):
     code, out, err = run_cli(capsys, "notebooks", "--profile", "huge", "--out", str(tmp_path / "o"))
-    assert code == 2 and "valid profiles: toy, paper, smoke" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "valid profiles: toy, seeds, smoke, paper, polypythias" in err
+    assert not (tmp_path / "o").exists()
+    code, out, err = run_cli(capsys, "notebooks", "--only", "06_seeds", "--out", str(tmp_path / "o"))
+    assert code == 2 and "needs seed variants" in err and "valid profiles for it: seeds, smoke, polypythias" in err
     code, out, err = run_cli(capsys, "notebooks", "--only", "99_nothing", "--out", str(tmp_path / "o"))
     assert code == 2 and "no notebook named 99_nothing" in err and not (tmp_path / "o").exists()
     code, out, err = run_cli(capsys, "notebooks", "--jobs", "0")
@@ -411,3 +415,22 @@ def test_the_head_score_analysis_runs_per_checkpoint_without_a_task(tmp_path):
     assert set(scores["name_positions"]) == {210}  # IO, S1 and S2 of the 70 default IOI prompts
     final = scores[scores["step"] == 1200]
     assert (final["cspa_kl_mean_ablation"] > 0).all() and final["cspa"].notna().all()
+
+
+def test_a_result_stored_without_a_table_its_analysis_now_writes_is_computed_again(tmp_path, monkeypatch):
+    """Behaviour jobs stored before they wrote per-example metrics are recomputed once, under the same key."""
+    one = {"a": pd.DataFrame([{"x": 1}])}
+    monkeypatch.setitem(ANALYSES, "grows", Analysis("grows", "gains a table", True, (), lambda c, t, p: one,
+                                                    tables=("a",)))
+    grid_file = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0]\ntasks: [ioi]\nanalyses: {grows: {}}\n")
+    store = Store(tmp_path / "s")
+    assert len(run_grid(load_grid(grid_file), store, progress=False).computed) == 1
+    two = {**one, "b": pd.DataFrame([{"y": 2}])}
+    monkeypatch.setitem(ANALYSES, "grows", Analysis("grows", "gains a table", True, (), lambda c, t, p: two,
+                                                    tables=("a", "b")))
+    grid = load_grid(grid_file)
+    old_key = json.loads(next((tmp_path / "s" / "grows").glob("*/job.json")).read_text())["key"]
+    assert grid.jobs[0].key == old_key and not store.is_done(grid.jobs[0])
+    assert len(run_grid(grid, store, progress=False).computed) == 1
+    assert load_results("grows", "b", root=store.root)["y"].tolist() == [2]
+    assert run_grid(grid, store, progress=False).skipped == 1

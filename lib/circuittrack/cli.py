@@ -66,9 +66,18 @@ def cmd_suites(args: argparse.Namespace) -> None:
             lines.append(f"{name}: {s['description']}")
             if s["schedules"]:
                 lines.append("  schedules: " + ", ".join(f"{k} ({v})" for k, v in s["schedules"].items()))
+            variants: dict[tuple[str, str], list[int]] = {}
             for m, d in s["models"].items():
+                if d.get("seed_of"):  # seed variants: one line per size and kind below
+                    variants.setdefault((d["seed_of"], d["seed_kind"]), []).append(d["seed"])
+                    continue
                 lines.append(f"  {m:<22} {d['n_params']:>14,} params  {d['n_layers']:>2} layers  "
                              f"{d['n_heads']:>2} heads  d_model {d['d_model']:>5}  {d['n_checkpoints']} checkpoints")
+            for (base, kind), seeds in variants.items():
+                what = {"seed": "initialisation and data order", "weight-seed": "initialisation only",
+                        "data-seed": "data order only"}[kind]
+                lines.append(f"  {base}-{kind}{min(seeds)}..{max(seeds)}".ljust(24)
+                             + f" seed variants of {base} ({what}; same shape and checkpoints)")
             if not s["models"]:
                 lines.append("  (any Hugging Face model id; pass --model ID --checkpoint STEP)")
         return "\n".join(lines)
@@ -110,13 +119,15 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_train_toy(args: argparse.Namespace) -> None:
-    from circuittrack.toy.config import TOY_MODELS
-    from circuittrack.toy.train import train_suite
+    from circuittrack.toy.config import TOY_MODELS, seeds_profile_models
+    from circuittrack.toy.train import train_suite, trainable_models
 
-    models = args.models or list(TOY_MODELS)
-    bad = [m for m in models if m not in TOY_MODELS]
+    models = list(args.models or TOY_MODELS)
+    if args.seeds:
+        models += [m for m in seeds_profile_models() if m not in models]
+    bad = [m for m in models if m not in trainable_models()]
     if bad:
-        raise InvalidInput(f"unknown toy model(s) {', '.join(bad)}; valid: {', '.join(TOY_MODELS)}")
+        raise InvalidInput(f"unknown toy model(s) {', '.join(bad)}; valid: {', '.join(trainable_models())}")
     manifests = train_suite(models, force=args.force, progress=not args.json)
     payload = {m: {"heldout_loss_step0": man["heldout_loss"][min(man["heldout_loss"], key=int)],
                    "heldout_loss_final": man["heldout_loss"][max(man["heldout_loss"], key=int)],
@@ -261,6 +272,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       ray_address=args.ray_address, evict=args.evict, prefetch=not args.no_prefetch)
     payload = {"grid": grid.name, "computed": len(report.computed), "skipped_done": report.skipped,
                "failed": [{"job": label, "error": err} for _, label, err in report.failed],
+               "missing": [{"model": m, "step": s, "reason": r} for m, s, r in report.missing],
                "wall_seconds": round(report.wall_seconds, 1), "load_seconds": round(report.load_seconds, 1),
                "work_seconds": round(report.work_seconds, 1), "store": str(store.root),
                "evicted": report.evicted, "freed_gb": round(report.freed_bytes / 1e9, 2)}
@@ -270,7 +282,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
          f"results in {p['store']}"]
         + ([f"  evicted {p['evicted']} checkpoints from the Hugging Face cache ({p['freed_gb']} GB)"]
            if p["evicted"] else [])
-        + [f"  FAILED {f['job']}: {f['error']}" for f in p["failed"]]))
+        + [f"  FAILED {f['job']}: {f['error']}" for f in p["failed"]]
+        + [f"  missing on the hub (recorded, not a failure): {m['model']} step {m['step']}" for m in p["missing"]]))
     if report.failed:
         print(f"circuittrack sweep: {len(report.failed)} job(s) failed (recorded in the store; "
               "`circuittrack status --grid FILE` lists them); rerun the same command to retry them",
@@ -289,7 +302,8 @@ def _plan_text(p: dict) -> str:
     return "\n".join([
         f"grid {p['grid']} ({p['suite']} suite): {p['units']} checkpoints, {p['jobs']} jobs",
         f"  checkpoints per model: {per}",
-        f"  done {p['done']}, pending {p['pending']}, failed {p['failed']}",
+        f"  done {p['done']}, pending {p['pending']}, failed {p['failed']}, missing on the hub {p['missing']}",
+        *([f"  to train first: {', '.join(p['to_train'])} (toy models not trained yet)"] if p["to_train"] else []),
         f"  to download: {p['to_download']} checkpoints, {p['download_gb']} GB",
         f"  estimate: about {p['estimate_hours']} hours of compute on {p['device']} (rough: FLOPs at an assumed "
         "throughput)"])
@@ -301,9 +315,10 @@ def cmd_status(args: argparse.Namespace) -> None:
     grid, store = _grid_and_store(args)
     st = status(grid, store)
     payload = {"grid": grid.name, "done": len(st.done), "pending": len(st.pending), "failed": len(st.failed),
-               "failures": [{"job": j.label(), "error": e} for j, e in st.failed]}
+               "missing": len(st.missing), "failures": [{"job": j.label(), "error": e} for j, e in st.failed]}
     _emit(args, payload, lambda p: "\n".join(
-        [f"{p['grid']}: done {p['done']}, pending {p['pending']} (of which failed {p['failed']})"]
+        [f"{p['grid']}: done {p['done']}, pending {p['pending']} (of which failed {p['failed']}, checkpoint "
+         f"missing on the hub {p['missing']})"]
         + [f"  FAILED {f['job']}: {f['error']}" for f in p["failures"]]))
 
 
@@ -332,7 +347,7 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise InvalidInput(f"--jobs must be a positive integer, got {args.jobs}")
     profile_parameters(args.profile)
-    check_selection(args.only)
+    check_selection(args.only, profile=args.profile)
     report = run_notebooks(args.profile, jobs=args.jobs, only=args.only, out_dir=args.out, store=args.store)
     payload = {"profile": args.profile, "executed": [{"notebook": n, "seconds": s} for n, s in report.executed],
                "failed": [{"notebook": n, "error": e} for n, e in report.failed]}
@@ -345,7 +360,9 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 def _register_notebook_command(add: Callable) -> None:
     sp = add("notebooks", cmd_notebooks, "execute every notebook with a profile's parameters into book/executed/")
-    sp.add_argument("--profile", default="toy", help="toy (default: the toy suite), paper (Pythia, GPU) or smoke")
+    sp.add_argument("--profile", default="toy",
+                    help="toy (default: the toy suite), seeds (toy plus its seed variants and the seeds chapter), "
+                    "smoke (what the tests run), paper (Pythia, GPU) or polypythias (paper plus PolyPythias seeds)")
     sp.add_argument("--jobs", type=int, default=1, help="worker processes for the sweeps the notebooks run")
     sp.add_argument("--only", nargs="+", default=None, help="only these notebooks (names, e.g. 01_task_behaviour)")
     sp.add_argument("--out", default=None, help="folder for the executed notebooks (default: book/executed)")
@@ -417,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("train-toy", cmd_train_toy, "train the offline toy suite (cached; --force to redo)")
     sp.add_argument("--force", action="store_true", help="retrain even if a trained suite exists")
-    sp.add_argument("--models", nargs="*", help="subset of toy models to train")
+    sp.add_argument("--models", nargs="*", help="toy models or seed variants to train (default: toy-s, toy-m, toy-l)")
+    sp.add_argument("--seeds", action="store_true",
+                    help="also train the seed variants the seeds profile uses (toy-s and toy-m, seeds 1-5)")
 
     for register in _EXTRA_COMMANDS:
         register(add)

@@ -28,6 +28,11 @@ class CheckpointUnavailable(CircuittrackError, RuntimeError):
     """A checkpoint is neither on disk nor reachable; the message says how to get it."""
 
 
+class CheckpointMissing(CheckpointUnavailable):
+    """The hub has no such checkpoint (e.g. the three PolyPythias steps never uploaded): a sweep records it as
+    missing, not as a failure."""
+
+
 class OutOfMemory(CircuittrackError, RuntimeError):
     """The device ran out of memory even after halving the batch down to one example or circuit."""
 

@@ -2,10 +2,13 @@
 
 A profile names the grid the notebooks compute from (``toy``: ``grids/toy.yaml``, what ``make book`` runs;
 ``paper``: ``grids/paper.yaml``, Pythia on a GPU box; ``smoke``: ``grids/smoke.yaml``, one toy model at two
-checkpoints, what the tests run). Each notebook declares in its ``parameters`` cell what it takes (``grid``,
-``jobs``, ``store``, ``models``...); a notebook gets only the parameters it declares. Executed copies go into
-the build folder (``book/executed/``), which the Jupyter Book renders; a notebook runs there, so its figures'
-SVG and PNG files land next to it (``figures/``). A notebook that fails is recorded (its
+checkpoints, what the tests run) and, for the seeds chapter, a grid of seed variants (``seeds``: the toy grid
+plus ``grids/seeds.yaml``; ``polypythias``: the paper grid plus ``grids/polypythias.yaml``; ``smoke``:
+``grids/smoke-seeds.yaml``). A profile without one leaves the seeds chapter out of the run and of the book's
+table of contents (:func:`book_toc`). Each notebook declares in its ``parameters`` cell what it takes (``grid``,
+``seeds_grid``, ``jobs``, ``store``, ``models``...); a notebook gets only the parameters it declares.
+Executed copies go into the build folder (``book/executed/``), which the Jupyter Book renders; a notebook runs
+there, so its figures' SVG and PNG files land next to it (``figures/``). A notebook that fails is recorded (its
 executed copy shows the error) and the others still run.
 """
 
@@ -18,7 +21,12 @@ from pathlib import Path
 from circuittrack import paths
 from circuittrack.errors import InvalidInput, choices
 
-PROFILES = {"toy": "grids/toy.yaml", "paper": "grids/paper.yaml", "smoke": "grids/smoke.yaml"}
+PROFILES = {"toy": "grids/toy.yaml", "seeds": "grids/toy.yaml", "smoke": "grids/smoke.yaml",
+            "paper": "grids/paper.yaml", "polypythias": "grids/paper.yaml"}
+#: The seed-variant grid of the profiles that run the seeds chapter.
+SEEDS_GRIDS = {"seeds": "grids/seeds.yaml", "smoke": "grids/smoke-seeds.yaml", "polypythias": "grids/polypythias.yaml"}
+#: Chapters that need a seeds grid (left out of profiles without one).
+SEEDS_CHAPTERS = ("06_seeds",)
 
 
 def notebooks_dir() -> Path:
@@ -41,6 +49,8 @@ def profile_parameters(profile: str, jobs: int = 1, store: str | None = None) ->
     if profile not in PROFILES:
         raise InvalidInput(f"unknown profile {profile!r}; valid profiles: {choices(PROFILES)}")
     params = {"profile": profile, "grid": PROFILES[profile], "jobs": jobs}  # grid: relative to the repository
+    if profile in SEEDS_GRIDS:
+        params["seeds_grid"] = SEEDS_GRIDS[profile]
     if store is not None:
         params["store"] = str(store)
     return params
@@ -52,17 +62,44 @@ class NotebookReport:
     failed: list = field(default_factory=list)  # (name, error)
 
 
-def check_selection(only: list[str] | None, folder: Path | None = None) -> list[Path]:
-    """The notebooks to run (``only``: names with or without ``.ipynb``), checked before any work."""
+def check_selection(only: list[str] | None, folder: Path | None = None, profile: str = "toy") -> list[Path]:
+    """The notebooks to run (``only``: names with or without ``.ipynb``; default: every chapter the profile
+    has), checked before any work."""
     found = list_notebooks(folder)
     if not only:
-        return found
+        return [p for p in found if profile in SEEDS_GRIDS or p.stem not in SEEDS_CHAPTERS]
     names = {p.stem: p for p in found}
     wanted = [n[:-6] if n.endswith(".ipynb") else n for n in only]
     missing = [n for n in wanted if n not in names]
     if missing:
         raise InvalidInput(f"no notebook named {', '.join(missing)}; valid notebooks: {choices(names) or '(none)'}")
+    seeds_only = [n for n in wanted if n in SEEDS_CHAPTERS and profile not in SEEDS_GRIDS]
+    if seeds_only:
+        raise InvalidInput(f"{', '.join(seeds_only)} needs seed variants, which profile {profile!r} has not; valid "
+                           f"profiles for it: {choices(SEEDS_GRIDS)}")
     return [names[n] for n in wanted]
+
+
+def book_toc(profile: str, root: Path | None = None) -> Path:
+    """The table of contents to build ``profile``'s book with: ``_toc.yml``, plus the seeds chapter (before
+    "Compared with the paper") for a profile with seed variants, written to ``_build/_toc-<profile>.yml``."""
+    import yaml
+
+    root = Path(root or paths.repo_root())
+    base = root / "_toc.yml"
+    if profile not in SEEDS_GRIDS:
+        return base
+    toc = yaml.safe_load(base.read_text())
+    for part in toc.get("parts", []):
+        files = [c["file"] for c in part["chapters"]]
+        if "book/executed/07_compared_with_paper" in files:
+            at = files.index("book/executed/07_compared_with_paper")
+            part["chapters"][at:at] = [{"file": f"book/executed/{n}"} for n in SEEDS_CHAPTERS]
+    out = root / "_build" / f"_toc-{profile}.yml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Written by circuittrack.book.notebooks.book_toc from _toc.yml; do not edit.\n"
+                   + yaml.safe_dump(toc, sort_keys=False))
+    return out
 
 
 def run_notebooks(profile: str = "toy", jobs: int = 1, only: list[str] | None = None, out_dir: Path | None = None,
@@ -75,7 +112,7 @@ def run_notebooks(profile: str = "toy", jobs: int = 1, only: list[str] | None = 
     grid = paths.repo_root() / params["grid"]
     if not grid.is_file():
         raise InvalidInput(f"profile {profile!r} uses {grid}, which does not exist")
-    selected = check_selection(only, folder)
+    selected = check_selection(only, folder, profile)
     out_dir = Path(out_dir or executed_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     report = NotebookReport()

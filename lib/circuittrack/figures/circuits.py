@@ -21,9 +21,9 @@ import pandas as pd
 
 from circuittrack.figures.behaviour import task_order
 from circuittrack.figures.theme import AXIS_TITLES, TASK_TITLES, model_scale, tokens_axis
+from circuittrack.stats.stability import EWMA_ALPHA, jaccard, noise_floor, stability, weighted_jaccard  # noqa: F401
 
 PAPER_FROM_STEP = 1000  # of Pythia's 143,000: the paper's correlation and Jaccard plots start here
-EWMA_ALPHA = 0.5
 
 _TOOLTIP = [alt.Tooltip("model:N", title="Model"), alt.Tooltip("step:Q", title="Step"),
             alt.Tooltip("tokens:Q", title="Tokens", format=",d")]
@@ -78,73 +78,6 @@ def curves_figure(curve: pd.DataFrame, summary: pd.DataFrame, models: list[str],
             y="y:Q")
         return rule + base.mark_line(interpolate="step-after")
     return _panels(df, make)
-
-
-def jaccard(a: set, b: set) -> float:
-    union = len(a | b)
-    return len(a & b) / union if union else math.nan
-
-
-def weighted_jaccard(wa: dict, wb: dict) -> float:
-    keys = set(wa) | set(wb)
-    top = sum(max(wa.get(k, 0.0), wb.get(k, 0.0)) for k in keys)
-    return sum(min(wa.get(k, 0.0), wb.get(k, 0.0)) for k in keys) / top if top else math.nan
-
-
-_NO_EDGES = pd.DataFrame({"edge": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
-
-
-def _edges_by_circuit(edges: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
-    """The edges table split once per circuit, keyed by (model, task, step)."""
-    return {k: g for k, g in edges.groupby(["model", "task", "step"], sort=False)}
-
-
-def _score_shares(e: pd.DataFrame) -> dict:
-    """Each edge's share of the circuit's total |score| (empty when the total is 0)."""
-    w = e["score"].abs()
-    return dict(zip(e["edge"], w / w.sum())) if w.sum() > 0 else {}
-
-
-def stability(edges: pd.DataFrame, summary: pd.DataFrame, from_step: int = 0) -> pd.DataFrame:
-    """Per model and task, each checkpoint's similarity to the previous one with a circuit (both reached):
-    unweighted and weighted Jaccard, and the unweighted one smoothed with the paper's EWMA."""
-    ok = summary[(summary["status"] == "reached") & (summary["step"] >= from_step)]
-    by_circuit = _edges_by_circuit(edges)
-    rows = []
-    for (model, task), s in ok.groupby(["model", "task"], sort=False):
-        s = s.sort_values("step")
-        sets, weights = {}, {}
-        for step in s["step"]:
-            e = by_circuit.get((model, task, step), _NO_EDGES)
-            sets[step], weights[step] = set(e["edge"]), _score_shares(e)
-        steps = list(s["step"])
-        tokens = dict(zip(s["step"], s["tokens"]))
-        for prev, cur in zip(steps, steps[1:]):
-            rows.append({"model": model, "task": task, "step": cur, "tokens": tokens[cur], "previous_step": prev,
-                         "jaccard": jaccard(sets[prev], sets[cur]),
-                         "weighted_jaccard": weighted_jaccard(weights[prev], weights[cur])})
-    out = pd.DataFrame(rows, columns=["model", "task", "step", "tokens", "previous_step", "jaccard",
-                                      "weighted_jaccard"])
-    out["jaccard_ewma"] = out.groupby(["model", "task"], sort=False)["jaccard"].transform(
-        lambda x: x.ewm(alpha=EWMA_ALPHA, adjust=False).mean())
-    return out
-
-
-def noise_floor(edges_1: pd.DataFrame, edges_2: pd.DataFrame, summary_1: pd.DataFrame,
-                summary_2: pd.DataFrame) -> pd.DataFrame:
-    """Jaccard between the circuits found on the two disjoint halves of a task's dataset at the same checkpoint
-    (both reached): how much the edge set changes from resampling alone."""
-    ok = summary_1[summary_1["status"] == "reached"].merge(
-        summary_2[summary_2["status"] == "reached"], on=["model", "task", "step", "tokens"])[
-        ["model", "task", "step", "tokens"]]
-    halves = [_edges_by_circuit(e) for e in (edges_1, edges_2)]
-    rows = []
-    for r in ok.itertuples(index=False):
-        pick = [h.get((r.model, r.task, r.step), _NO_EDGES) for h in halves]
-        rows.append({"model": r.model, "task": r.task, "step": r.step, "tokens": r.tokens,
-                     "jaccard": jaccard(set(pick[0]["edge"]), set(pick[1]["edge"])),
-                     "weighted_jaccard": weighted_jaccard(*map(_score_shares, pick))})
-    return pd.DataFrame(rows, columns=["model", "task", "step", "tokens", "jaccard", "weighted_jaccard"])
 
 
 def stability_figure(stab: pd.DataFrame, models: list[str], floor: pd.DataFrame | None = None) -> alt.ConcatChart:

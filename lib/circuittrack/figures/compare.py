@@ -177,17 +177,51 @@ def algorithm_rows(shares: pd.DataFrame, turnover: pd.DataFrame) -> list[dict]:
     return rows
 
 
+SEED_CLAIM = "emergence at similar token counts, tested against seed variation"
+
+
+def seed_rows(spread: pd.DataFrame | None) -> list[dict]:
+    """Claim 1 again, beyond the paper: do sizes differ in when a task emerges by more than seeds of one size do?
+    ``spread``: :func:`circuittrack.stats.seeds.spread` of the seeds chapter (None: the seeds were not run)."""
+    from circuittrack.stats.seeds import ALPHA
+
+    paper = "one run per size (untested)"
+    if spread is None:
+        return [_row(SEED_CLAIM, "all tasks", paper, "seed variants not run", "not comparable",
+                     "the seeds chapter runs with `make book PROFILE=seeds`")]
+    rows = []
+    for _, r in spread[spread["kind"] == "behaviour"].iterrows():
+        name = TASK_TITLES.get(r["what"], r["what"])
+        if pd.isna(r["p_value"]):
+            rows.append(_row(SEED_CLAIM, name, paper, f"{r['defined']} of {r['runs']} runs show the task",
+                             "not comparable", "needs two sizes with several seeds each that do the task"))
+            continue
+        ours = (f"size medians {r['size_fold']:.1f}x apart; seed SD {r['within_size_sd']:.2f}, size SD "
+                f"{r['between_size_sd']:.2f} (log10 tokens); p = {r['p_value']:.3f}")
+        if r["p_value"] >= ALPHA:
+            verdict, why = "holds", f"the sizes' differences are within seed variation (p >= {ALPHA:g})"
+        elif r["size_fold"] <= EMERGENCE_FACTOR:
+            verdict, why = "holds", (f"sizes differ by more than seeds (p < {ALPHA:g}), but their medians lie within "
+                                     f"a factor {EMERGENCE_FACTOR:g}")
+        else:
+            verdict, why = "does not hold", (f"sizes differ by more than seeds (p < {ALPHA:g}) and by more than a "
+                                             f"factor {EMERGENCE_FACTOR:g}")
+        rows.append(_row(SEED_CLAIM, name, paper, ours, verdict, why))
+    return rows
+
+
 def claims_table(emergence: pd.DataFrame, corr: pd.DataFrame, sizes: pd.DataFrame, summary: pd.DataFrame,
                  from_step: int, timing: pd.DataFrame | None = None, shares: pd.DataFrame | None = None,
-                 turnover: pd.DataFrame | None = None) -> pd.DataFrame:
+                 turnover: pd.DataFrame | None = None, seed_spread: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every row, claims first, tasks in the paper's order within each claim. The component rows need the
-    components chapter's ``timing`` and the IOI chapter's ``shares`` and name-mover ``turnover``."""
+    components chapter's ``timing`` and the IOI chapter's ``shares`` and name-mover ``turnover``; the seed rows
+    the seeds chapter's ``seed_spread`` (without it, one row says the seeds were not run)."""
     rank = {t: i for i, t in enumerate(TASK_TITLES.values())}
 
     def ordered(rows: list[dict]) -> list[dict]:
         return sorted(rows, key=lambda r: rank.get(r["item"], len(rank)))
 
-    rows = (ordered(emergence_rows(emergence)) + ordered(correlation_rows(corr))
+    rows = (ordered(emergence_rows(emergence)) + ordered(seed_rows(seed_spread)) + ordered(correlation_rows(corr))
             + ordered(fluctuation_rows(summary, from_step)) + node_count_rows(sizes))
     rows += component_rows(timing) if timing is not None else []
     if shares is not None and turnover is not None:

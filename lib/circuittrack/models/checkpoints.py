@@ -18,9 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from circuittrack import paths
-from circuittrack.errors import CheckpointUnavailable
+from circuittrack.errors import CheckpointMissing, CheckpointUnavailable
 from circuittrack.models.devices import dtype_name, parse_device, parse_dtype
-from circuittrack.models.suites import ModelSpec, get_suite
+from circuittrack.models.suites import HUB_MISSING, ModelSpec, get_suite
 
 
 @dataclass
@@ -121,6 +121,9 @@ def load_checkpoint(suite: str, model: str, checkpoint: int | str = "final", *, 
         tok = AutoTokenizer.from_pretrained(str(d))
         source = str(d)
     else:
+        if (spec.name, step) in HUB_MISSING:
+            raise CheckpointMissing(f"{spec.hf_id} has no checkpoint at step {step} on the hub (a known gap: "
+                                    "EleutherAI/pythia issue #202); use a neighbouring step")
         model_obj, tok = _load_from_hub(spec.hf_id, spec.revision(step), dtype)
         source = f"{spec.hf_id}@{spec.revision(step)}"
     model_obj.to(device).eval()
@@ -140,6 +143,26 @@ def _load_from_hub(hf_id: str, revision: str, dtype: torch.dtype):
                 f"{hf_id} at revision {revision} is not in the local Hugging Face cache and the hub cannot be "
                 f"reached (offline); on a machine with internet run `hf download {hf_id} --revision {revision}`, "
                 f"then copy the cache ($HF_HOME, default ~/.cache/huggingface) here or point HF_HOME at it") from err
-    model = AutoModelForCausalLM.from_pretrained(hf_id, revision=revision, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(hf_id, revision=revision)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(hf_id, revision=revision, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(hf_id, revision=revision)
+    except OSError as err:
+        if missing_on_hub(err):
+            raise CheckpointMissing(f"{hf_id} has no revision {revision} with weights on the hub") from err
+        raise
     return model, tok
+
+
+def missing_on_hub(err: BaseException) -> bool:
+    """True when a loading error says the hub has no such revision or no weights in it (not a network failure)."""
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (RevisionNotFoundError, EntryNotFoundError)):
+            return True
+        text = str(seen)
+        if "is not a valid git identifier" in text or "does not appear to have a file named" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

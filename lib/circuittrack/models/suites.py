@@ -3,9 +3,12 @@
 A suite maps a name to models, each with its architecture numbers, its checkpoint steps and the tokens seen
 per step. Three suites exist:
 
-* ``pythia``: EleutherAI's Pythia (70m to 12b and the ``-deduped`` variants), 154 checkpoints, loaded from
-  the Hugging Face hub (revision ``step{N}``) through the local cache.
-* ``toy``: small GPT-NeoX models that this project trains offline (see :mod:`circuittrack.toy`).
+* ``pythia``: EleutherAI's Pythia (14m to 12b and the ``-deduped`` variants) and the PolyPythias seed variants
+  (``pythia-70m-seed3``), 154 checkpoints, loaded from the hub (revision ``step{N}``) through the local cache.
+* ``toy``: small GPT-NeoX models that this project trains offline (see :mod:`circuittrack.toy`), and seed
+  variants of the smaller ones (``toy-s-seed3``).
+
+A seed variant's :class:`ModelSpec` names its main model (``seed_of``), so results group by size and seed.
 * ``hf``: any Hugging Face causal LM id with revisions the user names (``register_hf_model``).
 
 The named schedules the paper used (``all``, ``sparse``, ``late_start_all``, ``exp_plus_detail``) are here too.
@@ -23,6 +26,8 @@ from circuittrack.toy.config import (
     TOY_SCHEDULE,
     TOY_TOKENS_PER_STEP,
     TOY_VOCAB_SIZE,
+    parse_variant,
+    toy_variant_names,
 )
 
 PYTHIA_TOKENS_PER_STEP = 2_097_152  # 1024 sequences x 2048 tokens
@@ -73,6 +78,14 @@ class ModelSpec:
     vocab_size: int = 0
     context_length: int = 2048
     edition: str = ""  # what fixes the weights beyond (model, step): the toy suite's edition; hub steps are fixed
+    seed_of: str = ""  # a seed variant's main model (pythia-70m for pythia-70m-seed3); "" for a main model
+    seed_kind: str = ""  # "seed" (initialisation and data order), "weight-seed" or "data-seed"; "" for seed 0
+    seed: int = 0
+
+    @property
+    def size(self) -> str:
+        """The model this one is a seed of (itself for a main model): what seeds are grouped by."""
+        return self.seed_of or self.name
 
     @property
     def final_step(self) -> int:
@@ -114,6 +127,7 @@ class ModelSpec:
             "n_checkpoints": len(self.steps), "first_step": self.steps[0] if self.steps else None,
             "final_step": self.final_step if self.steps else None,
             "tokens_per_step": self.tokens_per_step,
+            **({"seed_of": self.seed_of, "seed_kind": self.seed_kind, "seed": self.seed} if self.seed_of else {}),
         }
 
 
@@ -133,8 +147,20 @@ class Suite:
             return ModelSpec(name=key, hf_id=key, n_params=0, n_layers=0, n_heads=0, d_model=0, steps=(),
                              tokens_per_step=PYTHIA_TOKENS_PER_STEP if pythia_like else 0)
         if key not in self.models:
-            raise InvalidInput(f"suite {self.name!r} has no model {name!r}; valid models: {', '.join(self.models)}")
+            raise InvalidInput(f"suite {self.name!r} has no model {name!r}; valid models: {self.model_choices()}")
         return self.models[key]
+
+    def model_choices(self) -> str:
+        """The valid model names for a message: every main model, then each run of seed variants in short
+        (``pythia-70m-seed1..9``)."""
+        mains = [n for n, s in self.models.items() if not s.seed_of]
+        runs: dict[tuple[str, str], list[int]] = {}
+        for s in self.models.values():
+            if s.seed_of:
+                runs.setdefault((s.seed_of, s.seed_kind), []).append(s.seed)
+        short = [f"{base}-{kind}{min(k)}..{max(k)}" if len(k) > 1 else f"{base}-{kind}{k[0]}"
+                 for (base, kind), k in runs.items()]
+        return ", ".join(mains + short)
 
     def schedule(self, name: str, model: str | None = None) -> tuple[int, ...]:
         """Steps of a named schedule; ``all`` is every checkpoint of ``model`` (or of the suite)."""
@@ -151,8 +177,10 @@ def _fmt_steps(steps: tuple[int, ...]) -> str:
     return ", ".join(map(str, steps[:12])) + f", ... , {steps[-1]} ({len(steps)} in all)"
 
 
-# (layers, d_model, heads, total params) from the Pythia model cards.
+# (layers, d_model, heads, total params) from the Pythia model cards (14m and 31m: their configs).
 _PYTHIA_SHAPES = {
+    "14m": (6, 128, 4, 14_067_712),
+    "31m": (6, 256, 8, 30_494_720),
     "70m": (6, 512, 8, 70_426_624),
     "160m": (12, 768, 12, 162_322_944),
     "410m": (24, 1024, 16, 405_334_016),
@@ -164,32 +192,55 @@ _PYTHIA_SHAPES = {
 }
 
 
+#: PolyPythias (van der Wal et al., 2025): 9 extra seeds of the five smallest sizes, each with all 154 checkpoints
+#: (seed k changes the initialisation and the data order), and for 160m 3 weight-only and 3 order-only seeds.
+POLYPYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m")
+POLYPYTHIA_SEEDS = tuple(range(1, 10))
+POLYPYTHIA_SPLIT = {"160m": (1, 2, 3)}
+#: Checkpoints the hub lacks (EleutherAI/pythia issue #202): a sweep records them as missing without a download.
+HUB_MISSING: frozenset[tuple[str, int]] = frozenset({
+    ("pythia-410m-seed9", 40000), ("pythia-410m-seed6", 88000), ("pythia-410m-seed2", 111000)})
+
+
 def _pythia_suite() -> Suite:
-    suite = Suite("pythia", "EleutherAI Pythia, 154 checkpoints each, from the Hugging Face hub",
-                  schedules=dict(PAPER_SCHEDULES))
-    for size, (layers, d, heads, params) in _PYTHIA_SHAPES.items():
+    suite = Suite("pythia", "EleutherAI Pythia and the PolyPythias seeds, 154 checkpoints each, from the Hugging "
+                  "Face hub", schedules=dict(PAPER_SCHEDULES))
+
+    def add(name: str, size: str, seed_of: str = "", kind: str = "", seed: int = 0) -> None:
+        layers, d, heads, params = _PYTHIA_SHAPES[size]
+        suite.models[name] = ModelSpec(
+            name=name, hf_id=f"EleutherAI/{name}", n_params=params, n_layers=layers, n_heads=heads,
+            d_model=d, d_mlp=4 * d, vocab_size=50304, steps=PYTHIA_STEPS, tokens_per_step=PYTHIA_TOKENS_PER_STEP,
+            seed_of=seed_of, seed_kind=kind, seed=seed)
+
+    for size in _PYTHIA_SHAPES:
         for suffix in ("", "-deduped"):
-            name = f"pythia-{size}{suffix}"
-            suite.models[name] = ModelSpec(
-                name=name, hf_id=f"EleutherAI/{name}", n_params=params, n_layers=layers, n_heads=heads,
-                d_model=d, d_mlp=4 * d, vocab_size=50304, steps=PYTHIA_STEPS,
-                tokens_per_step=PYTHIA_TOKENS_PER_STEP)
+            add(f"pythia-{size}{suffix}", size)
+    for size in POLYPYTHIA_SIZES:
+        for k in POLYPYTHIA_SEEDS:
+            add(f"pythia-{size}-seed{k}", size, f"pythia-{size}", "seed", k)
+    for size, seeds in POLYPYTHIA_SPLIT.items():
+        for kind in ("weight-seed", "data-seed"):
+            for k in seeds:
+                add(f"pythia-{size}-{kind}{k}", size, f"pythia-{size}", kind, k)
     return suite
 
 
 def toy_model_spec(name: str) -> ModelSpec:
-    """The :class:`ModelSpec` of a toy model (shapes and schedule from :mod:`circuittrack.toy.config`)."""
-    shape = TOY_MODELS[name]
+    """The :class:`ModelSpec` of a toy model or seed variant (shapes, schedule: :mod:`circuittrack.toy.config`)."""
+    variant = parse_variant(name)
+    shape = TOY_MODELS[variant.base]
     return ModelSpec(name=name, hf_id=name, n_params=shape.n_params(), n_layers=shape.n_layers,
                      n_heads=shape.n_heads, d_model=shape.d_model, d_mlp=shape.d_mlp, vocab_size=TOY_VOCAB_SIZE,
                      steps=TOY_SCHEDULE, tokens_per_step=TOY_TOKENS_PER_STEP, context_length=TOY_CONTEXT,
-                     edition=f"toy-{TOY_EDITION}")
+                     edition=f"toy-{TOY_EDITION}", seed_of=variant.base if variant.kind else "",
+                     seed_kind=variant.kind, seed=variant.seed)
 
 
 def _toy_suite() -> Suite:
-    suite = Suite("toy", "Small GPT-NeoX models trained offline by this project (`circuittrack train-toy`)",
-                  schedules={"all": TOY_SCHEDULE})
-    for name in TOY_MODELS:
+    suite = Suite("toy", "Small GPT-NeoX models trained offline by this project (`circuittrack train-toy`), and "
+                  "seed variants of the smaller sizes", schedules={"all": TOY_SCHEDULE})
+    for name in (*TOY_MODELS, *toy_variant_names()):
         suite.models[name] = toy_model_spec(name)
     return suite
 
@@ -226,6 +277,16 @@ def get_suite(name: str) -> Suite:
         return Suite("hf", "Any Hugging Face causal LM with user-given revisions (register_hf_model)",
                      models=dict(_HF_MODELS))
     raise InvalidInput(f"unknown suite {name!r}; valid suites: {', '.join(SUITE_NAMES)}")
+
+
+def main_models(suite: Suite) -> list[str]:
+    """The suite's models that are no seed variant (what listings show first)."""
+    return [name for name, spec in suite.models.items() if not spec.seed_of]
+
+
+def seeds_of(suite: Suite, model: str) -> list[str]:
+    """``model`` (a main model) and every seed variant of it in ``suite``, seed 0 first."""
+    return [model, *(name for name, spec in suite.models.items() if spec.seed_of == model)]
 
 
 def get_model(suite: str, model: str) -> ModelSpec:

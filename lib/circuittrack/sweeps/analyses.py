@@ -157,7 +157,7 @@ _DATA_PARAMS = (
 register(Analysis(
     "behaviour", "the task metric and accuracy on the clean prompts (Figure 1)", True,
     _DATA_PARAMS + (Param("batch_size", (int, str), AUTO, "examples per forward pass, or auto (32)"),),
-    _behaviour, tables=("metrics",), optional_tables=("examples",)))
+    _behaviour, tables=("metrics", "examples")))
 
 
 # ----- circuit (EAP-IG, greedy, faithfulness, size) -----------------------------------------------------------

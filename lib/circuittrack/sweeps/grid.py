@@ -152,7 +152,7 @@ def _block_units(suite, spec: dict, where: str) -> list[Unit]:
     for m in models:
         if m not in suite.models:
             raise InvalidInput(f"{where}: models: {m!r} is not a model of suite {suite.name!r}; "
-                               f"valid models: {choices(suite.models)}")
+                               f"valid models: {suite.model_choices()}")
     tasks = _names(spec.get("tasks", []), "tasks", where)
     for t in tasks:
         if t not in TASKS:
@@ -178,7 +178,7 @@ def _block_units(suite, spec: dict, where: str) -> list[Unit]:
                     params = {**a.resolve(raw, task, f"{where}: analyses: {name}"), "dtype": str(DTYPES[dtype])}
                     params = _fill_task_defaults(params, task)
                     unit.jobs.append(Job(suite.name, m, step, task, name, params, spec_m.tokens(step),
-                                         spec_m.edition))
+                                         spec_m.edition, a.tables))
             units.append(unit)
     return units
 

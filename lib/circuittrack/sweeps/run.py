@@ -5,8 +5,9 @@ that many worker processes each take whole checkpoints. With ``executor="ray"`` 
 (asking for a GPU when the device is CUDA) on a local Ray instance, or on the cluster at ``ray_address``; the
 workers write into the store themselves, so on a cluster the store must be a path every node sees. A job that
 raises is recorded as failed (its error in the store) and the others go on; a checkpoint that cannot be loaded
-fails all its jobs. Resuming is running the same grid again: finished jobs are skipped, so only what is missing
-is computed.
+fails all its jobs, except one the hub does not have (PolyPythias has a few gaps), recorded as missing.
+Resuming is running the same grid again: finished jobs are skipped, so only what is missing is computed. Toy
+models the grid names that are not trained yet (seed variants) are trained first.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Status:
     done: list = field(default_factory=list)
     pending: list = field(default_factory=list)
     failed: list = field(default_factory=list)  # (job, error)
+    missing: list = field(default_factory=list)  # (job, reason): the checkpoint is not on the hub
 
 
 def status(grid: Grid, store: Store) -> Status:
@@ -43,9 +45,11 @@ def status(grid: Grid, store: Store) -> Status:
             out.done.append(job)
         else:
             out.pending.append(job)
-            fail = store.failure(job)
+            fail, gone = store.failure(job), store.missing(job)
             if fail is not None:
                 out.failed.append((job, fail.get("error", "")))
+            elif gone is not None:
+                out.missing.append((job, gone.get("error", "")))
     return out
 
 
@@ -53,6 +57,7 @@ def status(grid: Grid, store: Store) -> Status:
 class Report:
     computed: list = field(default_factory=list)  # job keys computed by this run
     failed: list = field(default_factory=list)  # (job key, label, error)
+    missing: list = field(default_factory=list)  # (model, step, reason): checkpoints the hub does not have
     skipped: int = 0  # jobs already done
     load_seconds: float = 0.0
     work_seconds: float = 0.0
@@ -110,6 +115,8 @@ def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, exe
         for model, step in {(u.model, u.step) for u in todo} - {(u.model, u.step) for u in todo if u.jobs}:
             _evict(grid.suite, model, step, report)
     todo = [u for u in todo if u.jobs]
+    if grid.suite == "toy":
+        train_toy_models(todo, progress, jobs)
     if executor == "ray" or jobs > 1:  # parallel: the longest checkpoints first, so no worker idles at the end
         todo.sort(key=_unit_flops, reverse=True)
     bar = progress_bar(progress, len(todo), f"sweep {grid.name}", unit="checkpoint")
@@ -141,6 +148,19 @@ def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, exe
     bar.close()
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def train_toy_models(units: list[Unit], progress: bool = True, workers: int = 1) -> list[str]:
+    """Train the toy models these units need and that are not trained yet (seed variants train only when a grid
+    asks for them this way, or through ``circuittrack train-toy --seeds``); returns their names."""
+    from circuittrack.toy.train import train_suite, untrained_models
+
+    needed = untrained_models(dict.fromkeys(u.model for u in units))
+    if needed:
+        if progress:
+            print(f"training toy model(s) {', '.join(needed)} first (about 2-4 minutes each per core)", flush=True)
+        train_suite(needed, progress=progress, workers=workers)
+    return needed
 
 
 def _unit_flops(unit: Unit) -> float:
@@ -230,6 +250,7 @@ def _run_ray(units: list[Unit], root: str, address: str | None, report: Report, 
 def _merge(report: Report, part: Report) -> None:
     report.computed += part.computed
     report.failed += part.failed
+    report.missing += part.missing
     report.load_seconds += part.load_seconds
     report.work_seconds += part.work_seconds
     report.evicted += part.evicted
@@ -242,6 +263,7 @@ def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None 
     the grid on this checkpoint; when all are stored, the checkpoint leaves the Hugging Face cache."""
     import torch
 
+    from circuittrack.errors import CheckpointMissing
     from circuittrack.models.checkpoints import load_checkpoint
 
     if threads is not None:
@@ -251,6 +273,11 @@ def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None 
     t0 = time.perf_counter()
     try:
         ckpt = load_checkpoint(unit.suite, unit.model, unit.step, device=unit.device, dtype=unit.dtype)
+    except CheckpointMissing as err:  # a gap in the hub's checkpoints: recorded, not a failure
+        for job in unit.jobs:
+            store.record_missing(job, str(err))
+        report.missing.append((unit.model, unit.step, str(err)))
+        return report
     except Exception as err:  # noqa: BLE001 - every job of this checkpoint fails with the loading error
         for job in unit.jobs:
             _fail(store, report, job, err)
@@ -322,8 +349,15 @@ def plan(grid: Grid, store: Store) -> dict:
             download_bytes += 2 * spec.n_params  # Pythia checkpoints are stored in float16
         for job in pending:
             flops += _job_flops(spec.n_params, job, spec.n_layers * spec.n_heads)
+    to_train: list[str] = []
+    if grid.suite == "toy":
+        from circuittrack.toy.train import untrained_models
+
+        to_train = untrained_models(dict.fromkeys(u.model for u in grid.units if any(
+            j.key in pending_keys for j in u.jobs)))
     return {"grid": grid.name, "suite": grid.suite, "units": len(grid.units), "jobs": len(grid.jobs),
             "done": len(st.done), "pending": len(st.pending), "failed": len(st.failed),
+            "missing": len(st.missing), "to_train": to_train,
             "models": sorted({u.model for u in grid.units}, key=lambda m: list(suite.models).index(m)),
             "checkpoints_per_model": {m: sum(1 for u in grid.units if u.model == m)
                                       for m in dict.fromkeys(u.model for u in grid.units)},

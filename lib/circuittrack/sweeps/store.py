@@ -9,7 +9,9 @@ so the same request always finds the same results. A finished job is one directo
 
 It is written under ``<results>/.partial/`` and renamed into place in one step, so a crash (kill -9 included)
 never leaves a partial job that is later read as complete; a job is done exactly when its directory exists.
-A failed job leaves ``<results>/.failed/<key>.json`` (its error), removed when it later succeeds.
+A failed job leaves ``<results>/.failed/<key>.json`` (its error), removed when it later succeeds; a job whose
+checkpoint the hub does not have leaves ``<results>/.missing/<key>.json`` instead (not a failure; retried on the
+next run, in case the checkpoint has been uploaded since).
 
 Tables can be read with :func:`load_results` (pandas) or directly, e.g. with DuckDB:
 ``SELECT * FROM read_parquet('data/results/circuit/*/summary.parquet')``. Columns: docs/results.md.
@@ -48,6 +50,9 @@ class Job:
     params: dict = field(default_factory=dict, hash=False, compare=False)
     tokens: int = 0
     edition: str = ""  # the model's edition (toy suite): results of another edition's weights get other keys
+    #: tables a stored result must hold to count as done (not part of the key): a result stored before its
+    #: analysis wrote a table it now always writes is computed again, under the same key
+    requires: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
     @property
     def identity(self) -> dict:
@@ -77,12 +82,27 @@ class Store:
         return self.root / job.analysis / job.key
 
     def is_done(self, job: Job) -> bool:
-        return (self.job_dir(job) / "job.json").exists()
+        """Stored, with every table the job requires."""
+        f = self.job_dir(job) / "job.json"
+        if not f.exists():
+            return False
+        if not job.requires:
+            return True
+        try:
+            return set(job.requires) <= set(json.loads(f.read_text()).get("tables", ()))
+        except json.JSONDecodeError:
+            return False
 
     def failure(self, job: Job) -> dict | None:
-        f = self.root / ".failed" / f"{job.key}.json"
+        return self._note(".failed", job)
+
+    def missing(self, job: Job) -> dict | None:
+        """The record of a job whose checkpoint the hub lacks (None: not recorded as missing)."""
+        return self._note(".missing", job)
+
+    def _note(self, folder: str, job: Job) -> dict | None:
         try:
-            return json.loads(f.read_text())
+            return json.loads((self.root / folder / f"{job.key}.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
@@ -106,14 +126,16 @@ class Store:
             (partial / "job.json").write_text(json.dumps(meta, indent=1, default=str))
             final = self.job_dir(job)
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():  # a concurrent run finished it first: keep theirs (same content, same key)
+            if final.exists() and self.is_done(job):  # a concurrent run finished it first: keep theirs
                 shutil.rmtree(partial)
             else:
+                self.forget(job)  # a result stored without a table its analysis now writes
                 os.replace(partial, final)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        (self.root / ".failed" / f"{job.key}.json").unlink(missing_ok=True)
+        for folder in (".failed", ".missing"):
+            (self.root / folder / f"{job.key}.json").unlink(missing_ok=True)
         return final
 
     def forget(self, job: Job) -> None:
@@ -128,7 +150,15 @@ class Store:
         shutil.rmtree(trash, ignore_errors=True)
 
     def record_failure(self, job: Job, error: str) -> None:
-        d = self.root / ".failed"
+        self._record(".failed", job, error)
+
+    def record_missing(self, job: Job, reason: str) -> None:
+        """Note that the job's checkpoint does not exist on the hub (a failure record of it is dropped)."""
+        self._record(".missing", job, reason)
+        (self.root / ".failed" / f"{job.key}.json").unlink(missing_ok=True)
+
+    def _record(self, folder: str, job: Job, error: str) -> None:
+        d = self.root / folder
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{job.key}.{uuid.uuid4().hex[:8]}"
         tmp.write_text(json.dumps({**job.identity, "key": job.key, "error": error,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: Total optimizer steps and the Pythia-like checkpoint schedule: step 0, powers of two, then evenly spaced.
@@ -47,3 +48,61 @@ TOY_MODELS: dict[str, ToyShape] = {
     "toy-l": ToyShape(n_layers=4, d_model=128, n_heads=8, lr=3e-3),
 }
 
+
+
+#: Seed variants, named as PolyPythias names Pythia's: ``<size>-seed{k}`` changes both the initialisation and the
+#: order of the training sequences, ``<size>-weight-seed{k}`` only the initialisation, ``<size>-data-seed{k}``
+#: only the order. Every variant sees the same tokenizer and the same tokens as its size's main model (seed 0).
+#: They are trained only when a grid or ``circuittrack train-toy --seeds`` asks for them.
+SEED_KINDS: dict[str, tuple[bool, bool]] = {  # kind -> (new initialisation, new data order)
+    "seed": (True, True), "weight-seed": (True, False), "data-seed": (False, True)}
+#: The variants the seeds profile trains: 5 extra seeds of the two smaller sizes (6 seeds each with seed 0).
+TOY_SEED_SIZES: tuple[str, ...] = ("toy-s", "toy-m")
+TOY_SEEDS: tuple[int, ...] = (1, 2, 3, 4, 5)
+#: Variants that exist in the suite but no default grid trains: weight-only and order-only seeds of toy-s (as
+#: PolyPythias has for pythia-160m), to split seed variation into its two sources.
+TOY_SPLIT_SEED_SIZES: tuple[str, ...] = ("toy-s",)
+TOY_SPLIT_SEEDS: tuple[int, ...] = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class SeedVariant:
+    """What a model name says about its seeds: its size's main model, the kind of variant and the seed."""
+
+    base: str
+    kind: str = ""  # "" for a main model
+    seed: int = 0
+
+    @property
+    def init_seed(self) -> int:
+        """0: the main model's initialisation; k: the k-th other one."""
+        return self.seed if self.kind and SEED_KINDS[self.kind][0] else 0
+
+    @property
+    def order_seed(self) -> int:
+        """0: the corpus order; k: the k-th permutation of the training sequences."""
+        return self.seed if self.kind and SEED_KINDS[self.kind][1] else 0
+
+
+_VARIANT = re.compile(r"^(?P<base>.+?)-(?P<kind>seed|weight-seed|data-seed)(?P<seed>[1-9][0-9]*)$")
+
+
+def parse_variant(name: str) -> SeedVariant:
+    """``toy-s-seed3`` -> SeedVariant("toy-s", "seed", 3); a name without a seed suffix is its own main model."""
+    m = _VARIANT.match(name)
+    if m is None:
+        return SeedVariant(name)
+    return SeedVariant(m["base"], m["kind"], int(m["seed"]))
+
+
+def toy_variant_names() -> list[str]:
+    """Every seed variant the toy suite registers, in a stable order."""
+    names = [f"{size}-seed{k}" for size in TOY_SEED_SIZES for k in TOY_SEEDS]
+    names += [f"{size}-{kind}{k}" for size in TOY_SPLIT_SEED_SIZES for kind in ("weight-seed", "data-seed")
+              for k in TOY_SPLIT_SEEDS]
+    return names
+
+
+def seeds_profile_models() -> list[str]:
+    """The models the seeds profile analyses: each seed size's main model and its seed variants."""
+    return [m for size in TOY_SEED_SIZES for m in (size, *(f"{size}-seed{k}" for k in TOY_SEEDS))]

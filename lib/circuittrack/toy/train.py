@@ -1,7 +1,8 @@
 """Train the toy suite: one tokenizer, one token stream, every model size, checkpoints on a Pythia-like schedule.
 
-All sizes see the same data in the same order (as Pythia's do). Each checkpoint is a Hugging Face directory
-``<suite>/<model>/step<N>/`` with the model, its config and the tokenizer, so :mod:`circuittrack.checkpoints`
+All sizes see the same data in the same order (as Pythia's do); a seed variant (``toy-s-seed3``) sees the same
+tokens with another initialisation and/or sequence order (as PolyPythias' seeds do). Each checkpoint is a Hugging
+Face directory ``<suite>/<model>/step<N>/`` with the model, its config and the tokenizer, so :mod:`circuittrack.checkpoints`
 loads toy and Pythia checkpoints with the same code. Training is deterministic (seeded data, init and order),
 cached (a model whose ``manifest.json`` says it is complete is skipped) and shows a progress bar.
 """
@@ -141,16 +142,42 @@ def _lr_at(step: int, peak: float, settings: TrainSettings) -> float:
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+def init_seed(settings: TrainSettings, variant: C.SeedVariant) -> int:
+    """The torch seed of a model's initialisation: the suite's seed for seed 0, another one per variant seed."""
+    return settings.seed + 100_003 * variant.init_seed
+
+
+def training_batches(data: ToyData, settings: TrainSettings, variant: C.SeedVariant) -> torch.Tensor:
+    """The training sequences in the order this variant sees them: the corpus order for order seed 0, else a
+    seeded permutation of all sequences (the same tokens, as Pythia's seeds see the same data)."""
+    if variant.order_seed == 0:
+        return data.train
+    g = torch.Generator().manual_seed(settings.seed + 200_003 * variant.order_seed)
+    flat = data.train.reshape(-1, settings.seq_len)
+    return flat[torch.randperm(flat.shape[0], generator=g)].view_as(data.train)
+
+
+def variant_record(variant: C.SeedVariant) -> dict | None:
+    """What a manifest records about a seed variant (None for a main model, whose manifest has no entry)."""
+    if not variant.kind:
+        return None
+    return {"base": variant.base, "kind": variant.kind, "seed": variant.seed,
+            "init_seed": variant.init_seed, "order_seed": variant.order_seed}
+
+
 def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSettings, out_dir: Path,
                 progress: bool = True, position: int = 0) -> dict:
-    """Train one size and save every checkpoint of the schedule into ``out_dir``; returns its manifest."""
+    """Train one model (a size, or a seed variant of one: see :func:`circuittrack.toy.config.parse_variant`) and
+    save every checkpoint of the schedule into ``out_dir``; returns its manifest."""
+    variant = C.parse_variant(name)
     if out_dir.exists():
         shutil.rmtree(out_dir)  # a half-written model from an interrupted run
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model = build_model(shape, settings.vocab_size, settings.rotary_pct, seed=settings.seed)
+    model = build_model(shape, settings.vocab_size, settings.rotary_pct, seed=init_seed(settings, variant))
+    batches = training_batches(data, settings, variant)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     peak = settings.lr if settings.lr is not None else shape.lr
@@ -175,7 +202,7 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
     for step in range(settings.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, peak, settings)
-        batch = data.train[step]
+        batch = batches[step]
         loss = model(batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -193,20 +220,45 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
         "heldout_loss": {str(k): v for k, v in sorted(losses.items())},
         "train_seconds": round(time.time() - t0, 2), "complete": True,
     }
+    if variant_record(variant) is not None:
+        manifest["variant"] = variant_record(variant)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     tmp.rename(out_dir)  # atomic: a model directory exists only once it is complete
     return manifest
 
 
 def is_trained(out_dir: Path, settings: TrainSettings, shape: C.ToyShape | None = None) -> bool:
-    """True if ``out_dir`` holds a complete model trained with exactly these settings (and shape)."""
+    """True if ``out_dir`` holds a complete model trained with exactly these settings (and shape, and the seeds
+    its directory name asks for)."""
     f = out_dir / MANIFEST
     if not f.exists():
         return False
     m = json.loads(f.read_text())
     want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
     same_shape = shape is None or m.get("shape") == asdict(shape)
-    return m.get("complete") is True and m.get("settings") == want and same_shape
+    same_seeds = m.get("variant") == variant_record(C.parse_variant(out_dir.name))
+    return m.get("complete") is True and m.get("settings") == want and same_shape and same_seeds
+
+
+def untrained_models(models: Iterable[str], settings: TrainSettings | None = None,
+                     suite_dir: Path | None = None) -> list[str]:
+    """Those of ``models`` (names of the toy suite) not trained yet with ``settings``."""
+    settings = settings or TrainSettings()
+    suite_dir = Path(suite_dir) if suite_dir else paths.toy_suite_dir()
+    return [m for m in models if not is_trained(suite_dir / m, settings, model_shape(m, C.TOY_MODELS))]
+
+
+def trainable_models(shapes: dict[str, C.ToyShape] | None = None) -> list[str]:
+    """The names :func:`train_suite` accepts: the sizes and the registered seed variants (with custom ``shapes``,
+    any ``<size>-seed{k}``, ``-weight-seed{k}`` or ``-data-seed{k}`` of them)."""
+    if shapes is None:
+        return [*C.TOY_MODELS, *C.toy_variant_names()]
+    return list(shapes)
+
+
+def model_shape(name: str, shapes: dict[str, C.ToyShape]) -> C.ToyShape | None:
+    """The shape of a size or of a seed variant of one (None: no such model)."""
+    return shapes.get(name) or shapes.get(C.parse_variant(name).base)
 
 
 def train_suite(models: Iterable[str] | None = None, *, force: bool = False, settings: TrainSettings | None = None,
@@ -218,11 +270,13 @@ def train_suite(models: Iterable[str] | None = None, *, force: bool = False, set
     """
     settings = settings or TrainSettings()
     suite_dir = Path(suite_dir) if suite_dir else paths.toy_suite_dir()
-    shapes = shapes or C.TOY_MODELS
-    names = list(models) if models is not None else list(shapes)
-    unknown = [n for n in names if n not in shapes]
+    valid = trainable_models(shapes)
+    base_shapes = shapes or C.TOY_MODELS
+    names = list(models) if models is not None else list(base_shapes)
+    unknown = [n for n in names if n not in valid and (shapes is None or model_shape(n, base_shapes) is None)]
     if unknown:
-        raise InvalidInput(f"unknown toy model(s) {unknown}; valid: {', '.join(shapes)}")
+        raise InvalidInput(f"unknown toy model(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    shapes = {n: model_shape(n, base_shapes) for n in names}
     todo = [n for n in names if force or not is_trained(suite_dir / n, settings, shapes[n])]
     manifests = {n: json.loads((suite_dir / n / MANIFEST).read_text()) for n in names if n not in todo}
     for n in manifests:

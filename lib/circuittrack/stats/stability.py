@@ -1,0 +1,127 @@
+"""Edge-set stability of circuits: Jaccard similarities between circuits of one model over training, between the
+circuits found on two halves of a dataset (the resampling noise floor), and between seeds of one size.
+
+* unweighted Jaccard |A & B| / |A | B| of the in-circuit edge sets (the paper's), smoothed over checkpoints with
+  an EWMA (pandas ``ewm(alpha=0.5, adjust=False)``);
+* score-weighted Jaccard sum min(w_A, w_B) / sum max(w_A, w_B), w = |score| / (total |score| of the circuit).
+
+Seeds of one size share the graph's node names, so their edge sets compare directly: if different seeds found
+different circuits, the Jaccard between seeds at one checkpoint would sit below the Jaccard between consecutive
+checkpoints of one seed and below the halves' noise floor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pandas as pd
+
+EWMA_ALPHA = 0.5
+
+
+def jaccard(a: set, b: set) -> float:
+    union = len(a | b)
+    return len(a & b) / union if union else math.nan
+
+
+def weighted_jaccard(wa: dict, wb: dict) -> float:
+    keys = set(wa) | set(wb)
+    top = sum(max(wa.get(k, 0.0), wb.get(k, 0.0)) for k in keys)
+    return sum(min(wa.get(k, 0.0), wb.get(k, 0.0)) for k in keys) / top if top else math.nan
+
+
+_NO_EDGES = pd.DataFrame({"edge": pd.Series([], dtype=str), "score": pd.Series([], dtype=float)})
+
+
+def _edges_by_circuit(edges: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """The edges table split once per circuit, keyed by (model, task, step)."""
+    return {k: g for k, g in edges.groupby(["model", "task", "step"], sort=False)}
+
+
+def _score_shares(e: pd.DataFrame) -> dict:
+    """Each edge's share of the circuit's total |score| (empty when the total is 0)."""
+    w = e["score"].abs()
+    return dict(zip(e["edge"], w / w.sum())) if w.sum() > 0 else {}
+
+
+def stability(edges: pd.DataFrame, summary: pd.DataFrame, from_step: int = 0) -> pd.DataFrame:
+    """Per model and task, each checkpoint's similarity to the previous one with a circuit (both reached):
+    unweighted and weighted Jaccard, and the unweighted one smoothed with the paper's EWMA."""
+    ok = summary[(summary["status"] == "reached") & (summary["step"] >= from_step)]
+    by_circuit = _edges_by_circuit(edges)
+    rows = []
+    for (model, task), s in ok.groupby(["model", "task"], sort=False):
+        s = s.sort_values("step")
+        sets, weights = {}, {}
+        for step in s["step"]:
+            e = by_circuit.get((model, task, step), _NO_EDGES)
+            sets[step], weights[step] = set(e["edge"]), _score_shares(e)
+        steps = list(s["step"])
+        tokens = dict(zip(s["step"], s["tokens"]))
+        for prev, cur in zip(steps, steps[1:]):
+            rows.append({"model": model, "task": task, "step": cur, "tokens": tokens[cur], "previous_step": prev,
+                         "jaccard": jaccard(sets[prev], sets[cur]),
+                         "weighted_jaccard": weighted_jaccard(weights[prev], weights[cur])})
+    out = pd.DataFrame(rows, columns=["model", "task", "step", "tokens", "previous_step", "jaccard",
+                                      "weighted_jaccard"])
+    out["jaccard_ewma"] = out.groupby(["model", "task"], sort=False)["jaccard"].transform(
+        lambda x: x.ewm(alpha=EWMA_ALPHA, adjust=False).mean())
+    return out
+
+
+def noise_floor(edges_1: pd.DataFrame, edges_2: pd.DataFrame, summary_1: pd.DataFrame,
+                summary_2: pd.DataFrame) -> pd.DataFrame:
+    """Jaccard between the circuits found on the two disjoint halves of a task's dataset at the same checkpoint
+    (both reached): how much the edge set changes from resampling alone."""
+    ok = summary_1[summary_1["status"] == "reached"].merge(
+        summary_2[summary_2["status"] == "reached"], on=["model", "task", "step", "tokens"])[
+        ["model", "task", "step", "tokens"]]
+    halves = [_edges_by_circuit(e) for e in (edges_1, edges_2)]
+    rows = []
+    for r in ok.itertuples(index=False):
+        pick = [h.get((r.model, r.task, r.step), _NO_EDGES) for h in halves]
+        rows.append({"model": r.model, "task": r.task, "step": r.step, "tokens": r.tokens,
+                     "jaccard": jaccard(set(pick[0]["edge"]), set(pick[1]["edge"])),
+                     "weighted_jaccard": weighted_jaccard(*map(_score_shares, pick))})
+    return pd.DataFrame(rows, columns=["model", "task", "step", "tokens", "jaccard", "weighted_jaccard"])
+
+
+def between_seeds(edges: pd.DataFrame, summary: pd.DataFrame, size_of: dict[str, str]) -> pd.DataFrame:
+    """Jaccard between the circuits of every pair of seeds of one size at the same checkpoint (both reached).
+
+    ``size_of`` maps each model to the size it is a seed of (a main model to itself). One row per pair, task
+    and step: size, task, step, tokens, model_a, model_b, jaccard, weighted_jaccard."""
+    ok = summary[summary["status"] == "reached"]
+    by_circuit = _edges_by_circuit(edges)
+    rows = []
+    for (task, step), s in ok.groupby(["task", "step"], sort=True):
+        runs = [(size_of.get(m, m), m) for m in s["model"]]
+        tokens = int(s["tokens"].iloc[0])
+        for (size_a, a), (size_b, b) in itertools.combinations(sorted(runs), 2):
+            if size_a != size_b:
+                continue
+            ea, eb = (by_circuit.get((m, task, step), _NO_EDGES) for m in (a, b))
+            rows.append({"size": size_a, "task": task, "step": step, "tokens": tokens, "model_a": a, "model_b": b,
+                         "jaccard": jaccard(set(ea["edge"]), set(eb["edge"])),
+                         "weighted_jaccard": weighted_jaccard(_score_shares(ea), _score_shares(eb))})
+    return pd.DataFrame(rows, columns=["size", "task", "step", "tokens", "model_a", "model_b", "jaccard",
+                                       "weighted_jaccard"])
+
+
+def stability_by_source(edges: pd.DataFrame, summary: pd.DataFrame, size_of: dict[str, str],
+                        floor: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean Jaccard per size, task and checkpoint from three sources side by side: ``between seeds`` (pairs of
+    seeds at that checkpoint), ``over training`` (each seed's circuit against its previous checkpoint's) and,
+    with ``floor`` (:func:`noise_floor` rows), ``between halves`` (resampling the examples). Columns: size, task,
+    step, tokens, source, jaccard (mean), low, high (range over pairs or seeds), n."""
+    seeds = between_seeds(edges, summary, size_of).assign(source="between seeds")
+    over = stability(edges, summary).assign(source="over training")
+    over["size"] = over["model"].map(lambda m: size_of.get(m, m))
+    parts = [seeds, over]
+    if floor is not None and len(floor):
+        parts.append(floor.assign(source="between halves", size=floor["model"].map(lambda m: size_of.get(m, m))))
+    rows = pd.concat([p[["size", "task", "step", "tokens", "source", "jaccard"]] for p in parts], ignore_index=True)
+    out = rows.groupby(["size", "task", "step", "tokens", "source"], sort=True)["jaccard"].agg(
+        jaccard="mean", low="min", high="max", n="count").reset_index()
+    return out
