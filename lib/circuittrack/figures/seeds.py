@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from circuittrack.figures.behaviour import task_order
-from circuittrack.figures.theme import AXIS_TITLES, TASK_TITLES, model_scale, tokens_axis
+from circuittrack.figures.theme import AXIS_TITLES, TASK_TITLES, model_scale
 from circuittrack.stats.seeds import ALPHA, by_size, verdict
 
-SOURCE_ORDER = ["over training", "between seeds", "between halves"]
+SOURCE_ORDER = ["over training", "between seeds", "between seeds, heads aligned", "between halves"]
 
 
 def runs_table(runs: dict[str, tuple[str, int]]) -> pd.DataFrame:
@@ -35,12 +35,12 @@ def _order(points: pd.DataFrame) -> list[str]:
 
 def emergence_figure(points: pd.DataFrame, sizes: list[str], columns: int = 2) -> alt.ConcatChart:
     """Per task or component: one row per size, each seed a point at its emergence point (tokens, log axis) with
-    its bootstrap interval as a bar; seed 0 (the main model) filled, other seeds hollow; the size's median as a
-    tick. Runs without an emergence point are left out (the size table counts them)."""
+    its bootstrap interval as a bar; seed 0 (the main model) a diamond, other seeds circles; the size's median as
+    a black tick. Runs without an emergence point are left out (the size table counts them)."""
     d = points.dropna(subset=["tokens"])
     d = d[d["tokens"] > 0].assign(run=lambda x: np.where(x["seed"] == 0, "seed 0 (main model)", "other seeds"))
     y = alt.Y("size:N", sort=sizes, title=None)
-    colour = alt.Color("size:N", scale=model_scale(sizes), title="Size", legend=None)
+    colour = alt.Color("size:N", scale=model_scale(sizes), title="Size")
     tips = [alt.Tooltip("model:N", title="Run"), alt.Tooltip("seed:Q", title="Seed"),
             alt.Tooltip("step:Q", title="Step"), alt.Tooltip("tokens:Q", title="Tokens", format=",d"),
             alt.Tooltip("low_tokens:Q", title="Interval from", format=",d"),
@@ -50,19 +50,20 @@ def emergence_figure(points: pd.DataFrame, sizes: list[str], columns: int = 2) -
         p = d[d["what"] == what]
         if p.empty:
             continue
+        ends = pd.concat([p["tokens"], p["low_tokens"], p["high_tokens"]]).dropna()
+        x_scale = alt.Scale(type="log", domain=[float(ends.min()) / 1.15, float(ends.max()) * 1.15], nice=False)
+        x = alt.X("tokens:Q", scale=x_scale, title="Emergence point (tokens)", axis=alt.Axis(format="~s",
+                                                                                                tickCount=5))
         base = alt.Chart(p).encode(y=y, yOffset=alt.YOffset("seed:N"), color=colour)
-        bars = base.mark_rule(opacity=0.6).encode(x=alt.X("low_tokens:Q", scale=alt.Scale(type="log")),
-                                                  x2="high_tokens:Q")
-        dots = base.mark_point(size=50).encode(
-            x=tokens_axis("Emergence point (tokens)"), tooltip=tips,
-            fill=alt.condition(alt.datum.seed == 0, "size:N", alt.value("white"), scale=model_scale(sizes),
-                               legend=None),
-            shape=alt.Shape("run:N", title="Run", scale=alt.Scale(domain=["seed 0 (main model)", "other seeds"],
-                                                                   range=["circle", "circle"])))
-        median = alt.Chart(p).mark_tick(thickness=2, size=22, color="black").encode(
-            x="median(tokens):Q", y=y, tooltip=[alt.Tooltip("median(tokens):Q", title="Median", format=",d")])
+        bars = base.mark_rule(opacity=0.6).encode(x=alt.X("low_tokens:Q", scale=x_scale), x2="high_tokens:Q")
+        dots = base.mark_point(filled=True, size=60, opacity=0.9).encode(
+            x=x, tooltip=tips, shape=alt.Shape("run:N", title="Run", scale=alt.Scale(
+                domain=["seed 0 (main model)", "other seeds"], range=["diamond", "circle"])))
+        median = alt.Chart(p).mark_tick(thickness=2, size=26, color="black").encode(
+            x=alt.X("median(tokens):Q", scale=x_scale), y=y,
+            tooltip=[alt.Tooltip("median(tokens):Q", title="Median over seeds", format=",d")])
         charts.append((bars + dots + median).properties(title=_title(what), width=300,
-                                                       height=36 * len(sizes)))
+                                                       height=40 * len(sizes)))
     return alt.concat(*charts, columns=columns)
 
 
@@ -75,7 +76,8 @@ def size_table(points: pd.DataFrame) -> pd.DataFrame:
         "task or component": t["what"].map(_title), "size": t["size"],
         "seeds with the ability": [f"{d} of {s}" for d, s in zip(t["defined"], t["seeds"])],
         "median tokens": t["median_tokens"].map(fmt),
-        "range over seeds": [f"{fmt(lo)} - {fmt(hi)}" for lo, hi in zip(t["min_tokens"], t["max_tokens"])],
+        "range over seeds": ["-" if pd.isna(lo) else f"{fmt(lo)} - {fmt(hi)}"
+                             for lo, hi in zip(t["min_tokens"], t["max_tokens"])],
         "seed fold": t["seed_fold"]})
 
 
@@ -89,22 +91,23 @@ def spread_table(spread: pd.DataFrame) -> pd.DataFrame:
 
 
 def jaccard_figure(table: pd.DataFrame, sizes: list[str], columns: int = 2) -> alt.ConcatChart:
-    """Per task: mean edge-set Jaccard per checkpoint between seeds of one size, between consecutive checkpoints
-    of one seed (over training) and between the two halves of the dataset (resampling), with their ranges."""
-    d = table[table["tokens"] > 0]
-    colour = alt.Color("source:N", title="Jaccard", scale=alt.Scale(domain=SOURCE_ORDER,
-                                                                    range=["#2166ac", "#e06a1b", "#7f7f7f"]))
+    """Per task: mean edge-set Jaccard at each checkpoint between seeds of one size (heads as named, and
+    aligned), between consecutive checkpoints of one seed (over training) and between the two halves of the
+    dataset (resampling), side by side; one shape per size, bars for the range over pairs or runs."""
+    colour = alt.Color("source:N", title="Jaccard", sort=SOURCE_ORDER, scale=alt.Scale(
+        domain=SOURCE_ORDER, range=["#2166ac", "#e06a1b", "#b2182b", "#7f7f7f"]))
+    x = alt.X("step:O", title="Checkpoint (step)")
     charts = []
-    for task in task_order(d["task"].unique()):
-        t = d[d["task"] == task]
-        base = alt.Chart(t).encode(x=tokens_axis(), color=colour, strokeDash=alt.StrokeDash("size:N", title="Size",
-                                                                                               sort=sizes))
-        lines = base.mark_line(point=True).encode(
+    for task in task_order(table["task"].unique()):
+        t = table[table["task"] == task]
+        base = alt.Chart(t).encode(x=x, xOffset=alt.XOffset("source:N", sort=SOURCE_ORDER), color=colour)
+        dots = base.mark_point(filled=True, size=55).encode(
             y=alt.Y("jaccard:Q", title=AXIS_TITLES["jaccard"], scale=alt.Scale(domain=[0, 1])),
+            shape=alt.Shape("size:N", title="Size", sort=sizes),
             tooltip=[alt.Tooltip("size:N"), alt.Tooltip("source:N"), alt.Tooltip("step:Q"),
                      alt.Tooltip("jaccard:Q", format=".3f"), alt.Tooltip("n:Q", title="Pairs or runs")])
-        ranges = base.mark_rule(opacity=0.5).encode(y="low:Q", y2="high:Q")
-        charts.append((ranges + lines).properties(title=TASK_TITLES.get(task, task), width=300, height=180))
+        ranges = base.mark_rule(opacity=0.45).encode(y="low:Q", y2="high:Q")
+        charts.append((ranges + dots).properties(title=TASK_TITLES.get(task, task), width=300, height=180))
     return alt.concat(*charts, columns=columns)
 
 
@@ -116,19 +119,32 @@ def jaccard_summary(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def summary(spread: pd.DataFrame, jaccards: pd.DataFrame | None = None) -> str:
-    """The chapter's findings in a few sentences (Markdown), then a one-sentence verdict on the paper's claim."""
+def summary(spread: pd.DataFrame, jaccards: pd.DataFrame | None = None,
+            components: pd.DataFrame | None = None) -> str:
+    """The chapter's findings in a few sentences (Markdown), then a one-sentence verdict on the paper's claim.
+    ``components``: component points, summarised as how many seeds of each size grow each head type."""
     lines = []
     behaviour = spread[spread["kind"] == "behaviour"]
     for _, r in spread.iterrows():
         lines.append(f"- **{_title(r['what'])}**: {verdict(r)}.")
+    if components is not None and len(components):
+        for what, d in components.groupby("what", sort=False):
+            have = [f"{int(g['tokens'].notna().sum())} of {len(g)} seeds of {size}"
+                    for size, g in d.groupby("size", sort=False)]
+            lines.append(f"- **{what}** (above the threshold at the end): {', '.join(have)}.")
     if jaccards is not None and len(jaccards):
         j = jaccard_summary(jaccards)
-        if {"between seeds", "over training"} <= set(j.columns):
-            both = j.dropna(subset=["between seeds", "over training"])
-            lower = int((both["between seeds"] < both["over training"]).sum())
-            lines.append(f"- **Circuits across seeds**: the median Jaccard between seeds is below that between "
-                         f"consecutive checkpoints of one seed in {lower} of {len(both)} task-size pairs with both.")
+        seeds_col = "between seeds, heads aligned"
+        if {seeds_col, "over training"} <= set(j.columns):
+            both = j.dropna(subset=[seeds_col, "over training"])
+            lower = int((both[seeds_col] < both["over training"]).sum())
+            lines.append(f"- **Circuits across seeds**: even with heads aligned, the median Jaccard between seeds "
+                         f"is below that between consecutive checkpoints of one seed in {lower} of {len(both)} "
+                         "task-size pairs: different seeds find different circuits more than one seed's circuit "
+                         "changes from one checkpoint to the next." if lower > len(both) / 2 else
+                         f"- **Circuits across seeds**: with heads aligned, the median Jaccard between seeds is "
+                         f"below that between consecutive checkpoints of one seed in only {lower} of {len(both)} "
+                         "task-size pairs: seeds find much the same circuits.")
     tested = behaviour.dropna(subset=["p_value"])
     differ = tested[tested["p_value"] < ALPHA]
     if tested.empty:
@@ -157,3 +173,12 @@ def behaviour_spread(seeds_grid: str | None, store=None, jobs: int = 1, notebook
     source = prepare(seeds_grid, ["behaviour"], notebook, store=store, jobs=jobs)
     runs = runs_of(source.grid.suite, source.models())
     return spread(behaviour_points(source.load("behaviour", "metrics"), None, runs))
+
+
+def component_points(scores: pd.DataFrame, runs: dict[str, tuple[str, int]]) -> pd.DataFrame:
+    """:func:`circuittrack.stats.seeds.component_points` for chapter 3's head types and thresholds; CSPA is left
+    out (the seeds grids do not compute it: a ratio that is unstable early in training)."""
+    from circuittrack.figures.components import HEAD_TYPES
+    from circuittrack.stats.seeds import component_points as points
+
+    return points(scores, runs, {t.score: (t.name, t.threshold) for t in HEAD_TYPES if t.score != "cspa"})

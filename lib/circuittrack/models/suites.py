@@ -213,15 +213,13 @@ def _pythia_suite() -> Suite:
             d_model=d, d_mlp=4 * d, vocab_size=50304, steps=PYTHIA_STEPS, tokens_per_step=PYTHIA_TOKENS_PER_STEP,
             seed_of=seed_of, seed_kind=kind, seed=seed)
 
-    for size in _PYTHIA_SHAPES:
+    for size in _PYTHIA_SHAPES:  # each size's seeds right after it, so grids sort runs by size
         for suffix in ("", "-deduped"):
             add(f"pythia-{size}{suffix}", size)
-    for size in POLYPYTHIA_SIZES:
-        for k in POLYPYTHIA_SEEDS:
+        for k in POLYPYTHIA_SEEDS if size in POLYPYTHIA_SIZES else ():
             add(f"pythia-{size}-seed{k}", size, f"pythia-{size}", "seed", k)
-    for size, seeds in POLYPYTHIA_SPLIT.items():
         for kind in ("weight-seed", "data-seed"):
-            for k in seeds:
+            for k in POLYPYTHIA_SPLIT.get(size, ()):
                 add(f"pythia-{size}-{kind}{k}", size, f"pythia-{size}", kind, k)
     return suite
 
@@ -240,8 +238,10 @@ def toy_model_spec(name: str) -> ModelSpec:
 def _toy_suite() -> Suite:
     suite = Suite("toy", "Small GPT-NeoX models trained offline by this project (`circuittrack train-toy`), and "
                   "seed variants of the smaller sizes", schedules={"all": TOY_SCHEDULE})
-    for name in (*TOY_MODELS, *toy_variant_names()):
-        suite.models[name] = toy_model_spec(name)
+    variants = toy_variant_names()
+    for size in TOY_MODELS:  # each size's seed variants right after it
+        for name in (size, *(v for v in variants if parse_variant(v).base == size)):
+            suite.models[name] = toy_model_spec(name)
     return suite
 
 

@@ -40,7 +40,16 @@ def emergence_index(values, fraction: float = 0.5) -> int | None:
     final = values[-1]
     if not final > 0:
         return None
-    below = np.nonzero(~(values >= fraction * final))[0]  # NaN counts as below
+    return crossing_index(values, fraction * final)
+
+
+def crossing_index(values, threshold: float) -> int | None:
+    """Index of the first checkpoint from which ``values`` stay >= ``threshold`` to the end; None if the last
+    value is below it (a head type's emergence: its best head is above the type's threshold from then on)."""
+    values = np.asarray(values, dtype=float)
+    below = np.nonzero(~(values >= threshold))[0]  # NaN counts as below
+    if len(below) and below[-1] == len(values) - 1:
+        return None
     return 0 if len(below) == 0 else int(below[-1]) + 1
 
 

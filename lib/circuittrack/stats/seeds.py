@@ -1,9 +1,10 @@
 """Emergence across seeds and sizes: is "similar token counts across scale" more than seed noise?
 
 One *run* is one trained model (a size's main model, seed 0, or one of its seed variants). For every run and
-metric (a task's behaviour, or a component's best head score), :func:`behaviour_points` and
-:func:`component_points` give the emergence point in tokens (:mod:`circuittrack.stats.emergence`: reaches half
-of its final value and stays there), behaviour with a paired-bootstrap interval over the task's examples.
+metric, :func:`behaviour_points` gives the emergence point of a task's behaviour in tokens
+(:mod:`circuittrack.stats.emergence`: reaches half of its final value and stays there) with a paired-bootstrap
+interval over the task's examples, and :func:`component_points` that of a head type (its best head stays above
+the type's threshold).
 :func:`spread` then sets the spread between sizes against the spread between seeds of one size, per metric, and
 :func:`verdict` says in words what the numbers say.
 """
@@ -14,14 +15,10 @@ import numpy as np
 import pandas as pd
 
 from circuittrack.errors import InvalidInput
-from circuittrack.stats.emergence import bootstrap_emergence, emergence_index, size_versus_seed
+from circuittrack.stats.emergence import bootstrap_emergence, crossing_index, emergence_index, size_versus_seed
 
 POINT_COLUMNS = ["what", "kind", "size", "model", "seed", "step", "tokens", "low_tokens", "high_tokens",
                  "undefined_share", "final"]
-#: Head scores whose best head over training stands for a component (the paper's head types; CSPA is left out:
-#: it is a ratio that is unstable early in training, see chapter 3).
-COMPONENT_SCORES = {"successor": "successor heads", "copy": "name-mover heads (copy score)",
-                    "induction": "induction heads"}
 #: Below this p-value sizes are said to differ by more than seeds do.
 ALPHA = 0.05
 
@@ -52,14 +49,14 @@ def behaviour_points(metrics: pd.DataFrame, examples: pd.DataFrame | None, runs:
     return _in_run_order(rows, runs)
 
 
-def component_points(scores: pd.DataFrame, runs: dict[str, tuple[str, int]], fraction: float = 0.5,
-                     columns: dict[str, str] | None = None) -> pd.DataFrame:
-    """Emergence point of each component's best head score over training (``scores``: the ``heads/scores``
-    table), per run. The curve is the gain of the best head's score over its value at the first scored
-    checkpoint, so a score's chance level (a random head's successor or induction score is not 0) does not count
-    as emergence. No interval: head scores have no per-example table to resample."""
+def component_points(scores: pd.DataFrame, runs: dict[str, tuple[str, int]],
+                     components: dict[str, tuple[str, float]]) -> pd.DataFrame:
+    """Emergence point of each component per run (``scores``: the ``heads/scores`` table): the first scored
+    checkpoint from which the run's best head stays at or above the component's threshold to the end; none
+    where the best head ends below it (the run never grows such a head). ``components`` maps a score column to
+    (name, threshold). No interval: head scores have no per-example table to resample."""
     rows = []
-    for column, name in (columns or COMPONENT_SCORES).items():
+    for column, (name, threshold) in components.items():
         if column not in scores.columns:
             continue
         best = scores.groupby(["model", "step", "tokens"], sort=True)[column].max().reset_index()
@@ -67,8 +64,8 @@ def component_points(scores: pd.DataFrame, runs: dict[str, tuple[str, int]], fra
             if model not in runs:
                 continue
             d = d.sort_values("step")
-            gain = d[column].to_numpy(float) - float(d[column].iloc[0])
-            point = _point(d["step"].to_numpy(), gain, fraction)
+            i = crossing_index(d[column].to_numpy(float), threshold)
+            point = None if i is None else int(d["step"].iloc[i])
             rows.append(_row(name, "component", runs[model], model, point, dict(zip(d["step"], d["tokens"])),
                              None, None, np.nan, float(d[column].iloc[-1])))
     return _in_run_order(rows, runs)

@@ -5,15 +5,17 @@ circuits found on two halves of a dataset (the resampling noise floor), and betw
   an EWMA (pandas ``ewm(alpha=0.5, adjust=False)``);
 * score-weighted Jaccard sum min(w_A, w_B) / sum max(w_A, w_B), w = |score| / (total |score| of the circuit).
 
-Seeds of one size share the graph's node names, so their edge sets compare directly: if different seeds found
-different circuits, the Jaccard between seeds at one checkpoint would sit below the Jaccard between consecutive
-checkpoints of one seed and below the halves' noise floor.
+Seeds of one size share the graph's node names, so their edge sets compare directly. But a head's index means
+nothing across seeds (any relabelling of the heads within a layer is the same network), so the Jaccard between
+seeds is also given after aligning heads: the largest Jaccard that relabelling one seed's heads within each layer
+reaches by pairwise swaps (:func:`aligned_jaccard`; a local optimum, and optimistic by construction).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pandas as pd
 
@@ -87,11 +89,73 @@ def noise_floor(edges_1: pd.DataFrame, edges_2: pd.DataFrame, summary_1: pd.Data
     return pd.DataFrame(rows, columns=["model", "task", "step", "tokens", "jaccard", "weighted_jaccard"])
 
 
+_HEAD = re.compile(r"^a(\d+)\.h(\d+)(<[qkv]>)?$")
+#: Relabellings tried exhaustively: every combination across layers up to this many, else each layer's own
+#: permutations (coordinate ascent) up to this many, else swaps of two heads.
+EXHAUSTIVE = 2000
+
+
+def _rename(node: str, mapping: dict[tuple[int, int], int]) -> str:
+    m = _HEAD.match(node)
+    if m is None:
+        return node
+    layer, head = int(m[1]), int(m[2])
+    return f"a{layer}.h{mapping.get((layer, head), head)}{m[3] or ''}"
+
+
+def aligned_jaccard(a: set[str], b: set[str]) -> float:
+    """Jaccard of two edge sets (``src->dst`` names, heads ``aL.hI``) after relabelling ``b``'s heads within each
+    layer to match ``a``. Only heads in either circuit matter; all their relabellings are tried where there are
+    at most :data:`EXHAUSTIVE`, else one layer at a time (all of that layer's, or swaps of two heads) until no
+    change raises the Jaccard. So the result is at least :func:`jaccard` and at most the best relabelling's,
+    and equal to it in the exhaustive case."""
+    parsed = [e.partition("->") for e in b]
+    heads: dict[int, list[int]] = {}
+    for node in {n for e in a | b for n in e.split("->")}:
+        m = _HEAD.match(node)
+        if m:
+            heads.setdefault(int(m[1]), [])
+            if int(m[2]) not in heads[int(m[1])]:
+                heads[int(m[1])].append(int(m[2]))
+
+    def score(mp: dict) -> float:
+        return jaccard(a, {f"{_rename(s, mp)}{sep}{_rename(t, mp)}" for s, sep, t in parsed})
+
+    def layer_maps(layer: int, hs: list[int]):
+        return [{(layer, h): p for h, p in zip(hs, perm)} for perm in itertools.permutations(hs)]
+
+    layers = sorted(heads)
+    if math.prod(math.factorial(len(heads[la])) for la in layers) <= EXHAUSTIVE:
+        return max(score({k: v for part in combo for k, v in part.items()})
+                   for combo in itertools.product(*(layer_maps(la, heads[la]) for la in layers)))
+    mapping: dict[tuple[int, int], int] = {}
+    best, improved = score(mapping), True
+    while improved and best < 1.0:
+        improved = False
+        for layer in layers:
+            hs = sorted(heads[layer])
+            if math.factorial(len(hs)) <= EXHAUSTIVE:
+                trials = [{**mapping, **{k: mapping.get((layer, v), v) for k, v in lm.items()}}
+                          for lm in layer_maps(layer, hs)]
+            else:
+                trials = []
+                for i, j in itertools.combinations(hs, 2):
+                    t = dict(mapping)
+                    t[(layer, i)], t[(layer, j)] = mapping.get((layer, j), j), mapping.get((layer, i), i)
+                    trials.append(t)
+            for trial in trials:
+                value = score(trial)
+                if value > best + 1e-12:
+                    mapping, best, improved = trial, value, True
+    return best
+
+
 def between_seeds(edges: pd.DataFrame, summary: pd.DataFrame, size_of: dict[str, str]) -> pd.DataFrame:
-    """Jaccard between the circuits of every pair of seeds of one size at the same checkpoint (both reached).
+    """Jaccard between the circuits of every pair of seeds of one size at the same checkpoint (both reached), as
+    named and with heads aligned (:func:`aligned_jaccard`).
 
     ``size_of`` maps each model to the size it is a seed of (a main model to itself). One row per pair, task
-    and step: size, task, step, tokens, model_a, model_b, jaccard, weighted_jaccard."""
+    and step: size, task, step, tokens, model_a, model_b, jaccard, aligned_jaccard, weighted_jaccard."""
     ok = summary[summary["status"] == "reached"]
     by_circuit = _edges_by_circuit(edges)
     rows = []
@@ -102,26 +166,31 @@ def between_seeds(edges: pd.DataFrame, summary: pd.DataFrame, size_of: dict[str,
             if size_a != size_b:
                 continue
             ea, eb = (by_circuit.get((m, task, step), _NO_EDGES) for m in (a, b))
+            sa, sb = set(ea["edge"]), set(eb["edge"])
             rows.append({"size": size_a, "task": task, "step": step, "tokens": tokens, "model_a": a, "model_b": b,
-                         "jaccard": jaccard(set(ea["edge"]), set(eb["edge"])),
+                         "jaccard": jaccard(sa, sb), "aligned_jaccard": aligned_jaccard(sa, sb),
                          "weighted_jaccard": weighted_jaccard(_score_shares(ea), _score_shares(eb))})
     return pd.DataFrame(rows, columns=["size", "task", "step", "tokens", "model_a", "model_b", "jaccard",
-                                       "weighted_jaccard"])
+                                       "aligned_jaccard", "weighted_jaccard"])
 
 
 def stability_by_source(edges: pd.DataFrame, summary: pd.DataFrame, size_of: dict[str, str],
                         floor: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Mean Jaccard per size, task and checkpoint from three sources side by side: ``between seeds`` (pairs of
-    seeds at that checkpoint), ``over training`` (each seed's circuit against its previous checkpoint's) and,
-    with ``floor`` (:func:`noise_floor` rows), ``between halves`` (resampling the examples). Columns: size, task,
-    step, tokens, source, jaccard (mean), low, high (range over pairs or seeds), n."""
-    seeds = between_seeds(edges, summary, size_of).assign(source="between seeds")
+    """Mean Jaccard per size, task and checkpoint from four sources side by side: ``between seeds`` (pairs of
+    seeds at that checkpoint, heads as named), ``between seeds, heads aligned``, ``over training`` (each seed's
+    circuit against its previous checkpoint's) and, with ``floor`` (:func:`noise_floor` rows), ``between
+    halves`` (resampling the examples). Columns: size, task, step, tokens, source, jaccard (mean), low, high
+    (range over pairs or seeds), n."""
+    pairs = between_seeds(edges, summary, size_of)
+    seeds = pairs.assign(source="between seeds")
+    aligned = pairs.assign(source="between seeds, heads aligned", jaccard=pairs["aligned_jaccard"])
     over = stability(edges, summary).assign(source="over training")
     over["size"] = over["model"].map(lambda m: size_of.get(m, m))
-    parts = [seeds, over]
+    parts = [seeds, aligned, over]
     if floor is not None and len(floor):
         parts.append(floor.assign(source="between halves", size=floor["model"].map(lambda m: size_of.get(m, m))))
     rows = pd.concat([p[["size", "task", "step", "tokens", "source", "jaccard"]] for p in parts], ignore_index=True)
+    rows = rows.dropna(subset=["jaccard"])  # two empty circuits have no Jaccard
     out = rows.groupby(["size", "task", "step", "tokens", "source"], sort=True)["jaccard"].agg(
         jaccard="mean", low="min", high="max", n="count").reset_index()
     return out

@@ -1,10 +1,11 @@
 """Train the toy suite: one tokenizer, one token stream, every model size, checkpoints on a Pythia-like schedule.
 
 All sizes see the same data in the same order (as Pythia's do); a seed variant (``toy-s-seed3``) sees the same
-tokens with another initialisation and/or sequence order (as PolyPythias' seeds do). Each checkpoint is a Hugging
-Face directory ``<suite>/<model>/step<N>/`` with the model, its config and the tokenizer, so :mod:`circuittrack.checkpoints`
-loads toy and Pythia checkpoints with the same code. Training is deterministic (seeded data, init and order),
-cached (a model whose ``manifest.json`` says it is complete is skipped) and shows a progress bar.
+tokens with another initialisation and/or sequence order (as PolyPythias' seeds do). Each checkpoint is a
+Hugging Face directory ``<suite>/<model>/step<N>/`` with the model, its config and the tokenizer, so
+:mod:`circuittrack.checkpoints` loads toy and Pythia checkpoints with the same code. Training is deterministic
+(seeded data, init and order), cached (a model whose ``manifest.json`` says it is complete is skipped) and shows
+a progress bar.
 """
 
 from __future__ import annotations
