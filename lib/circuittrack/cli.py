@@ -52,7 +52,7 @@ def _batch(value: str) -> int | str:
 
 # ----- suites / info ---------------------------------------------------------------------------------------
 def cmd_suites(args: argparse.Namespace) -> None:
-    from circuittrack.models.suites import SUITE_NAMES, get_suite
+    from circuittrack.models.suites import SUITE_NAMES, get_suite, short_seeds
 
     out = {}
     for name in SUITE_NAMES:
@@ -66,17 +66,15 @@ def cmd_suites(args: argparse.Namespace) -> None:
             lines.append(f"{name}: {s['description']}")
             if s["schedules"]:
                 lines.append("  schedules: " + ", ".join(f"{k} ({v})" for k, v in s["schedules"].items()))
-            variants: dict[tuple[str, str], list[int]] = {}
             for m, d in s["models"].items():
                 if d.get("seed_of"):  # seed variants: one line per size and kind below
-                    variants.setdefault((d["seed_of"], d["seed_kind"]), []).append(d["seed"])
                     continue
                 lines.append(f"  {m:<22} {d['n_params']:>14,} params  {d['n_layers']:>2} layers  "
                              f"{d['n_heads']:>2} heads  d_model {d['d_model']:>5}  {d['n_checkpoints']} checkpoints")
-            for (base, kind), seeds in variants.items():
+            for (base, kind), seeds in get_suite(name).seed_runs().items():
                 what = {"seed": "initialisation and data order", "weight-seed": "initialisation only",
                         "data-seed": "data order only"}[kind]
-                lines.append(f"  {base}-{kind}{min(seeds)}..{max(seeds)}".ljust(24)
+                lines.append(f"  {short_seeds(base, kind, seeds)}".ljust(24)
                              + f" seed variants of {base} ({what}; same shape and checkpoints)")
             if not s["models"]:
                 lines.append("  (any Hugging Face model id; pass --model ID --checkpoint STEP)")

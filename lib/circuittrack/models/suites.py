@@ -150,17 +150,19 @@ class Suite:
             raise InvalidInput(f"suite {self.name!r} has no model {name!r}; valid models: {self.model_choices()}")
         return self.models[key]
 
-    def model_choices(self) -> str:
-        """The valid model names for a message: every main model, then each run of seed variants in short
-        (``pythia-70m-seed1..9``)."""
-        mains = [n for n, s in self.models.items() if not s.seed_of]
+    def seed_runs(self) -> dict[tuple[str, str], list[int]]:
+        """(main model, seed kind) -> its variants' seeds, for listing seed variants in short."""
         runs: dict[tuple[str, str], list[int]] = {}
         for s in self.models.values():
             if s.seed_of:
                 runs.setdefault((s.seed_of, s.seed_kind), []).append(s.seed)
-        short = [f"{base}-{kind}{min(k)}..{max(k)}" if len(k) > 1 else f"{base}-{kind}{k[0]}"
-                 for (base, kind), k in runs.items()]
-        return ", ".join(mains + short)
+        return runs
+
+    def model_choices(self) -> str:
+        """The valid model names for a message: every main model, then each run of seed variants in short
+        (``pythia-70m-seed1..9``)."""
+        mains = [n for n, s in self.models.items() if not s.seed_of]
+        return ", ".join(mains + [short_seeds(base, kind, k) for (base, kind), k in self.seed_runs().items()])
 
     def schedule(self, name: str, model: str | None = None) -> tuple[int, ...]:
         """Steps of a named schedule; ``all`` is every checkpoint of ``model`` (or of the suite)."""
@@ -169,6 +171,11 @@ class Suite:
         if name not in self.schedules:
             raise InvalidInput(f"suite {self.name!r} has no schedule {name!r}; valid: {', '.join(self.schedules)}")
         return self.schedules[name]
+
+
+def short_seeds(base: str, kind: str, seeds: list[int]) -> str:
+    """``pythia-70m-seed1..9``: a run of seed variants in one name."""
+    return f"{base}-{kind}{min(seeds)}..{max(seeds)}" if len(seeds) > 1 else f"{base}-{kind}{seeds[0]}"
 
 
 def _fmt_steps(steps: tuple[int, ...]) -> str:

@@ -95,12 +95,10 @@ _HEAD = re.compile(r"^a(\d+)\.h(\d+)(<[qkv]>)?$")
 EXHAUSTIVE = 2000
 
 
-def _rename(node: str, mapping: dict[tuple[int, int], int]) -> str:
+def _node_key(node: str) -> tuple:
+    """A node as a tuple: ``(layer, head, q/k/v suffix)`` for a head, ``(name,)`` for anything else."""
     m = _HEAD.match(node)
-    if m is None:
-        return node
-    layer, head = int(m[1]), int(m[2])
-    return f"a{layer}.h{mapping.get((layer, head), head)}{m[3] or ''}"
+    return (int(m[1]), int(m[2]), m[3] or "") if m else (node,)
 
 
 def aligned_jaccard(a: set[str], b: set[str]) -> float:
@@ -109,17 +107,20 @@ def aligned_jaccard(a: set[str], b: set[str]) -> float:
     at most :data:`EXHAUSTIVE`, else one layer at a time (all of that layer's, or swaps of two heads) until no
     change raises the Jaccard. So the result is at least :func:`jaccard` and at most the best relabelling's,
     and equal to it in the exhaustive case."""
-    parsed = [e.partition("->") for e in b]
+    def keys(edges: set[str]) -> list[tuple]:  # parsed once; relabelling then only swaps integers in tuples
+        return [tuple(_node_key(n) for n in e.split("->")) for e in edges]
+
+    ka, kb = keys(a), keys(b)
+    target = set(ka)
     heads: dict[int, list[int]] = {}
-    for node in {n for e in a | b for n in e.split("->")}:
-        m = _HEAD.match(node)
-        if m:
-            heads.setdefault(int(m[1]), [])
-            if int(m[2]) not in heads[int(m[1])]:
-                heads[int(m[1])].append(int(m[2]))
+    for node in {n for e in ka + kb for n in e if len(n) == 3}:
+        heads.setdefault(node[0], [])
+        if node[1] not in heads[node[0]]:
+            heads[node[0]].append(node[1])
 
     def score(mp: dict) -> float:
-        return jaccard(a, {f"{_rename(s, mp)}{sep}{_rename(t, mp)}" for s, sep, t in parsed})
+        moved = {tuple((n[0], mp.get(n[:2], n[1]), n[2]) if len(n) == 3 else n for n in e) for e in kb}
+        return jaccard(target, moved)
 
     def layer_maps(layer: int, hs: list[int]):
         return [{(layer, h): p for h, p in zip(hs, perm)} for perm in itertools.permutations(hs)]

@@ -242,11 +242,12 @@ def is_trained(out_dir: Path, settings: TrainSettings, shape: C.ToyShape | None 
 
 
 def untrained_models(models: Iterable[str], settings: TrainSettings | None = None,
-                     suite_dir: Path | None = None) -> list[str]:
-    """Those of ``models`` (names of the toy suite) not trained yet with ``settings``."""
+                     suite_dir: Path | None = None, shapes: dict[str, C.ToyShape] | None = None) -> list[str]:
+    """Those of ``models`` (sizes of ``shapes``, default the toy suite's, or seed variants of them) not trained
+    yet with ``settings``."""
     settings = settings or TrainSettings()
     suite_dir = Path(suite_dir) if suite_dir else paths.toy_suite_dir()
-    return [m for m in models if not is_trained(suite_dir / m, settings, model_shape(m, C.TOY_MODELS))]
+    return [m for m in models if not is_trained(suite_dir / m, settings, model_shape(m, shapes or C.TOY_MODELS))]
 
 
 def trainable_models(shapes: dict[str, C.ToyShape] | None = None) -> list[str]:
@@ -278,7 +279,7 @@ def train_suite(models: Iterable[str] | None = None, *, force: bool = False, set
     if unknown:
         raise InvalidInput(f"unknown toy model(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
     shapes = {n: model_shape(n, base_shapes) for n in names}
-    todo = [n for n in names if force or not is_trained(suite_dir / n, settings, shapes[n])]
+    todo = names if force else untrained_models(names, settings, suite_dir, base_shapes)
     manifests = {n: json.loads((suite_dir / n / MANIFEST).read_text()) for n in names if n not in todo}
     for n in manifests:
         if progress:
