@@ -59,11 +59,13 @@ book: notebooks
 	@$(PY) -m circuittrack.book.check _build/html _build/screenshots
 	@echo "==> open _build/html/index.html"
 
-## bench: EAP-IG speed and memory (toy-l, a random Pythia-160m shape) and circuit discovery at Pythia-2.8b graph
+## bench: toy training speed (edition 2's step against edition 3's, tokens per second, where the time goes),
+##        EAP-IG speed and memory (toy-l, a random Pythia-160m shape) and circuit discovery at Pythia-2.8b graph
 ##        size (scores, greedy order over 1.6M edges, size search to 1600 edges); DEVICE=cuda on a GPU
 DEVICE ?= cpu
 bench: toy
 	@mkdir -p benchmarks/out
+	$(PY) benchmarks/bench_training.py --out benchmarks/out/training-cpu.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) \
 	  --model-path "$$($(PY) -c 'from circuittrack.models.checkpoints import toy_checkpoint_dir as d; print(d("toy-l", "final"))')" --batch-size 32 --seq-len 24 --n-examples 64 \
 	  --out benchmarks/out/attribution-toy-l-$(DEVICE).json

@@ -98,7 +98,7 @@ def test_a_chapter_reruns_with_papermill_on_part_of_a_grid_as_the_rerun_page_say
     out = tmp_path / "out.ipynb"
     papermill = str(Path(sys.executable).parent / "papermill")
     chapter = str(REPO / "notebooks" / "01_task_behaviour.ipynb")
-    narrowed = (f"{{grid: grids/smoke.yaml, models: [toy-s], tasks: [ioi], checkpoints: [1200], "
+    narrowed = (f"{{grid: grids/smoke.yaml, models: [toy-s], tasks: [ioi], checkpoints: [3200], "
                 f"store: {tmp_path / 'store'}}}")
     done = subprocess.run([papermill, chapter, str(out), "-y", narrowed],
                           cwd=tmp_path, capture_output=True, text=True)

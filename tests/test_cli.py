@@ -25,7 +25,7 @@ def test_suites_json_lists_models_and_checkpoint_counts(capsys):
     assert code == 0 and set(data) == {"pythia", "toy", "hf"}
     p160 = data["pythia"]["models"]["pythia-160m"]
     assert (p160["n_layers"], p160["n_heads"], p160["d_model"], p160["n_checkpoints"]) == (12, 12, 768, 154)
-    assert data["toy"]["models"]["toy-s"]["n_checkpoints"] == 20
+    assert data["toy"]["models"]["toy-s"]["n_checkpoints"] == 25
 
 
 def test_info_accepts_final(capsys):

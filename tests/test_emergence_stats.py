@@ -69,7 +69,7 @@ def test_behaviour_jobs_store_every_example_and_the_bootstrap_reads_them(tmp_pat
     from circuittrack.sweeps.store import Store, load_results
 
     grid = tmp_path / "g.yaml"
-    grid.write_text("suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 64, 256, 1200]\ntasks: [ioi]\n"
+    grid.write_text("suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 64, 256, 3200]\ntasks: [ioi]\n"
                     "analyses: {behaviour: {}}\n")
     run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
     metrics = load_results("behaviour", "metrics", root=tmp_path / "s").sort_values("step")
@@ -78,3 +78,28 @@ def test_behaviour_jobs_store_every_example_and_the_bootstrap_reads_them(tmp_pat
     assert per.shape == (4, 70) and np.allclose(per.mean(1).to_numpy(), metrics["metric"].to_numpy(), atol=1e-5)
     e = bootstrap_emergence(per.index.to_numpy(), per.to_numpy(), n_boot=200)
     assert e.step is not None and e.low <= e.step <= e.high and e.undefined_share == 0
+
+
+def test_the_window_after_emergence_starts_at_the_upper_end_of_the_interval():
+    from circuittrack.stats.emergence import emergence_windows, window_starts
+
+    curve = np.array([0, 0, 0, 0.05, 0.1, 0.3, 0.45, 0.56, 0.9, 1.0])  # the mean reaches half at step 64, barely
+    noisy = _examples(curve, 20, 0.3, 1)
+    rows = []
+    for model, x in (("noisy", noisy), ("exact", np.tile(curve[:, None], (1, 20))),
+                     ("never", np.tile(-curve[:, None], (1, 20)))):
+        rows += [{"model": model, "task": "ioi", "step": s, "example": k, "metric": float(x[i, k])}
+                 for i, s in enumerate(STEPS) for k in range(x.shape[1])]
+    examples = pd.DataFrame(rows)
+    metrics = examples.groupby(["model", "task", "step"], as_index=False)["metric"].mean()
+    w = emergence_windows(metrics, examples, n_boot=400).set_index("model")
+    e = bootstrap_emergence(STEPS, noisy, n_boot=400)
+    assert (w.loc["noisy", "step"], w.loc["noisy", "high"], w.loc["noisy", "start"]) == (e.step, e.high, e.high)
+    assert e.high > e.step  # the window starts later than the point: 97.5% of resamples have emerged by then
+    assert (w.loc["exact", "step"], w.loc["exact", "start"], w.loc["exact", "from"]) == (64, 64, "interval")
+    assert pd.isna(w.loc["never", "start"]) and pd.isna(w.loc["never", "from"])  # the final metric is negative
+    alone = emergence_windows(metrics).set_index("model")  # no per-example table: the point itself
+    assert (alone.loc["noisy", "start"], alone.loc["noisy", "from"]) == (e.step, "point")
+    assert window_starts(w.reset_index(), "ioi") == {"noisy": e.high, "exact": 64, "never": None}
+    ordered = emergence_windows(metrics, models=["never", "exact", "noisy"])
+    assert ordered["model"].tolist() == ["never", "exact", "noisy"]

@@ -74,12 +74,115 @@ def test_verdicts_follow_their_stated_rules():
                        "half_tokens": [100, 190, 100, 300]})
     rows = {r["item"]: r for r in compare.emergence_rows(em)}
     assert rows["IOI"]["verdict"] == "holds" and rows["Subject-Verb Agreement"]["verdict"] == "does not hold"
-    nodes = pd.DataFrame({"model": ["pythia-70m", "pythia-70m", "toy-s"], "task": ["ioi", "sva", "ioi"],
-                          "mean_nodes": [30.0, 30.0, 5.0], "checkpoints": [10, 10, 10]})
-    verdicts = [r["verdict"] for r in compare.node_count_rows(nodes)]
-    assert verdicts == ["holds", "does not hold", "not comparable"]  # 28.92 (+4%), 14.97 (+100%), no value
+    assert "factor rule over 2 models" in rows["IOI"]["why"] and "PROFILE=seeds" in rows["IOI"]["why"]
     corr = pd.DataFrame({"task": ["ioi", "sva"], "models": [3, 2], "pearson_r": [0.3, 0.9]})
-    assert [r["verdict"] for r in compare.correlation_rows(corr)] == ["does not hold", "not comparable"]
+    got = compare.correlation_rows(corr)
+    assert [r["verdict"] for r in got] == ["does not hold", "not comparable"]
+    assert got[1]["why"].startswith("needs circuits in at least three model sizes")
+
+
+def _spread(what, p, fold, defined=10):
+    return {"what": what, "kind": "behaviour", "sizes": 2, "runs": 10, "defined": defined, "within_size_sd": 0.1,
+            "between_size_sd": 0.3, "ratio": 4.0, "p_value": p, "size_fold": fold}
+
+
+def test_emergence_is_judged_against_seeds_where_seed_variants_exist():
+    """Seeds: IOI's sizes differ by no more than seeds (p 0.4) although the main models are 3x apart; SVA's differ
+    by more than seeds and 5x; Greater-Than is shown by too few seed runs, so the factor rule decides it."""
+    em = pd.DataFrame({"model": ["a", "b"] * 3, "task": ["ioi", "ioi", "sva", "sva", "greater-than", "greater-than"],
+                       "half_tokens": [100, 300, 100, 150, 100, 150]})
+    spread = pd.DataFrame([_spread("ioi", 0.4, 3.0), _spread("sva", 0.001, 5.0),
+                           _spread("greater-than", float("nan"), float("nan"), defined=1)])
+    rows = {r["item"]: r for r in compare.emergence_rows(em, spread)}
+    assert rows["IOI"]["verdict"] == "holds" and rows["IOI"]["why"].startswith("against seed variation")
+    assert rows["Subject-Verb Agreement"]["verdict"] == "does not hold"  # the main models alone would hold (1.5x)
+    gt = rows["Greater-Than"]
+    assert gt["verdict"] == "holds" and "factor rule over 2 models" in gt["why"] and "do not test" in gt["why"]
+    alone = compare.emergence_rows(em.assign(half_tokens=[100, None, 100, 150, 100, 150]))
+    assert alone[0]["verdict"] == "not comparable" and alone[0]["why"].startswith("needs at least two models")
+
+
+def test_circuit_size_fluctuation_is_judged_after_each_models_emergence():
+    """a: steady 100 edges before its emergence (step 4), then 60-140 over 5 circuits; b: 2 circuits after
+    emergence (left out); the task never emerges in c."""
+    rows = [("a", "ioi", s, s, "reached", e, 10) for s, e in zip(range(1, 9), [100, 100, 100, 60, 140, 80, 120, 100])]
+    rows += [("b", "ioi", s, s, "reached", 100 + s, 10) for s in range(1, 9)]
+    rows += [("c", "ioi", s, s, "undefined", None, None) for s in range(1, 9)]
+    windows = pd.DataFrame({"model": ["a", "b", "c"], "task": "ioi", "start": pd.array([4, 7, None], dtype="Int64"),
+                            "from": ["interval", "interval", None]})
+    got = compare.fluctuation_rows(_summary(rows), windows)[0]
+    assert got["verdict"] == "holds" and "a CV 0.32 over 5 circuits from step 4" in got["this run"]
+    assert "b 2 from step 7" in got["this run"] and "c never does the task" in got["this run"]
+    steady = compare.fluctuation_rows(_summary([r[:5] + (100, 10) if r[0] == "a" else r for r in rows]), windows)[0]
+    assert steady["verdict"] == "does not hold"
+    late = compare.fluctuation_rows(_summary(rows), windows.assign(start=pd.array([6, 7, None], dtype="Int64")))[0]
+    assert late["verdict"] == "not comparable" and late["why"].startswith("needs at least 5 checkpoints")
+
+
+def test_pythia_only_reference_numbers_are_a_table_of_their_own():
+    sizes = pd.DataFrame({"model": ["toy-s", "toy-m", "toy-s"], "task": ["ioi", "ioi", "sva"],
+                          "mean_nodes": [5.0, 9.0, 7.0], "checkpoints": [10, 10, 8]})
+    ref = compare.reference_table(sizes).set_index("task")
+    assert "verdict" not in ref.columns and list(ref.index) == ["ioi", "greater-than", "gendered-pronoun", "sva"]
+    assert ref.loc["ioi", "pythia-70m (paper)"] == 28.92 and ref.loc["ioi", "toy-m (this run)"] == 9.0
+    assert math.isnan(ref.loc["greater-than", "toy-s (this run)"])
+    assert "not verdicts" in compare.reference_caption(sizes, 16)
+    pythia = compare.reference_table(sizes.assign(model=["pythia-70m", "pythia-160m", "pythia-70m"]))
+    assert pythia.set_index("task").loc["ioi", "pythia-70m: this run / paper"] == pytest.approx(5.0 / 28.92)
+
+
+def _toy_build(n_steps: int = 12):
+    """Tables of a made-up toy build with known answers: three models doing all four tasks from step 4 on."""
+    steps = list(range(1, n_steps + 1))
+    tasks = ["ioi", "greater-than", "gendered-pronoun", "sva"]
+    models = ["toy-s", "toy-m", "toy-l"]
+    metrics, examples, summary, shares, heads = [], [], [], [], []
+    for i, model in enumerate(models):
+        for task in tasks:
+            for s in steps:
+                level = 0.0 if s < 4 else 1.0
+                metrics.append({"model": model, "task": task, "step": s, "tokens": 100 * s, "metric": level,
+                                "metric_kind": "logit_diff"})
+                examples += [{"model": model, "task": task, "step": s, "example": k, "metric": level + 0.01 * k}
+                             for k in range(4)]
+                summary.append({"model": model, "task": task, "step": s, "tokens": 100 * s,
+                                "status": "reached" if s >= 4 else "undefined",
+                                "circuit_edges": 50 + 20 * (s % 3) + 30 * i if s >= 4 else None,
+                                "circuit_nodes": 10 + 2 * i + s % 2 if s >= 4 else None})
+        for s in steps:
+            shares += [{"model": model, "step": s, "group": g, "percent": p, "heads": "a1.h0"}
+                       for g, p in (("B: x", 70.0 if s >= 4 else 5.0), ("C: y", 30.0), ("D: z", 10.0))]
+            heads += [{"model": model, "step": s, "node": n, "name mover": n == ("a1.h0" if s < 8 else "a1.h1"),
+                       "negative name mover": False, "copy suppression": False, "negative copy suppression": False}
+                      for n in ("a1.h0", "a1.h1")]
+    return models, pd.DataFrame(metrics), pd.DataFrame(examples), pd.DataFrame(summary), pd.DataFrame(shares), \
+        pd.DataFrame(heads)
+
+
+def test_the_claims_table_tests_every_claim_on_a_full_toy_build():
+    from circuittrack.stats.emergence import emergence_windows
+
+    models, metrics, examples, summary, shares, heads = _toy_build()
+    em = behaviour.emergence(metrics, models)
+    sizes = circuits.size_against_model(summary, {"toy-s": 1, "toy-m": 2, "toy-l": 3}, from_step=1)
+    windows = emergence_windows(metrics, examples, n_boot=50)
+    assert (windows["start"] == 4).all()
+    timing = pd.DataFrame({"model": models * 2, "head type": ["Name mover heads"] * 3 + ["Induction heads"] * 3,
+                           "first step": pd.array([4, 5, 4, None, None, None], dtype="Int64"),
+                           "behaviour half step": pd.array([4] * 6, dtype="Int64")})
+    table = compare.claims_table(em, circuits.correlations(sizes), summary, windows, timing, shares, heads,
+                                 suite="toy")
+    assert "mean circuit node count" not in set(table["claim"])  # reference numbers are a table of their own
+    open_rows = table[table["verdict"] == "not comparable"]
+    assert set(open_rows["item"]) == {f"{m}, Induction heads" for m in models}
+    assert open_rows["why"].str.startswith("needs").all()
+    assert compare.verdict_counts(table) == f"{len(table) - 3} holds, 0 does not hold, 3 not comparable"
+    short = compare.claims_table(em, circuits.correlations(sizes), summary[summary["step"] <= 6],
+                                 emergence_windows(metrics[metrics["step"] <= 6], None), None,
+                                 shares[shares["step"] <= 6], heads[heads["step"] <= 6])
+    assert (short.loc[short["claim"] != "emergence at similar token counts", "verdict"]
+            .isin(["not comparable"]).sum() == 4 + 3 + 3)  # 3 models x (persists, turnover), 4 fluctuation rows
+    assert short.loc[short["verdict"] == "not comparable", "why"].str.contains("needs at least 5").all()
 
 
 def test_model_colours_keep_size_order_and_spread_over_the_palette():

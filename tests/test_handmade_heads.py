@@ -5,7 +5,8 @@ disjoint blocks of residual dimensions. A zero-weight head attends uniformly and
 set here do anything. Each hand-made head is also built wrong on purpose (its map shifted by one), to show that the
 score notices.
 
-* previous-token head (a0.h0) and induction head (a1.h0): previous-token and induction scores 1;
+* previous-token head (a0.h0) and induction head (a1.h0): previous-token score 1 and induction score T / (T + 1)
+  (the paper's induction diagonal also holds query T - 1 -> key 0, which no induction head attends);
 * successor head: successor score 1;
 * copying head and its negation: copy score and negative copy score 100.
 """
@@ -48,14 +49,16 @@ def set_head(model, layer: int, head: int, q=None, k=None, v=None, o=None, q_bia
             attn.c_proj.weight[head * dh: (head + 1) * dh] = o.T
 
 
-def uniform_mean(T: int) -> float:
-    """A diagonal score of a head that attends uniformly: query i (T <= i < 2T) spreads over i + 1 keys."""
-    return sum(1 / (i + 1) for i in range(T, 2 * T)) / T
+def uniform_mean(T: int, offset: int) -> float:
+    """The diagonal score (offset ``offset``) of a head that attends uniformly: query i spreads over i + 1 keys,
+    averaged over the diagonal's queries i = offset .. 2T - 1."""
+    return sum(1 / (i + 1) for i in range(offset, 2 * T)) / (2 * T - offset)
 
 
 # ----- previous-token and induction heads ----------------------------------------------------------------------
 
 V, T = 64, 16  # vocabulary; half length (the context is 2T, so induction_scores cuts its length to T)
+OFFSETS = {"induction": T - 1, "duplicate": T, "previous": 1}
 D, H, DH = 240, 3, 80
 TOK, POS, PREV = 0, V, V + 2 * T  # residual blocks: token one-hot, position one-hot, previous token one-hot
 B_TOK, B_POS, B_PREV = PREV + V, PREV + V + 1, PREV + V + 2  # balance dims: each block writes -1 to its own
@@ -115,16 +118,21 @@ def distinct_halves_seed(batch: int) -> int:
 
 
 def test_handmade_previous_token_and_induction_heads_score_one():
+    """The induction head attends along its diagonal from every query i >= T (T of the diagonal's T + 1 entries).
+    In the first half its query i finds no key whose previous token is its own and spreads over keys 1..i, which
+    puts 1 / i on the previous token for i = 2 .. T - 1: its previous-token score is (H_{T-1} - 1) / (2T - 1)."""
     seed = distinct_halves_seed(batch=2)
     df = induction_scores(induction_model(), length=100, batch=2, seed=seed).set_index("node")
     assert df["length"].iloc[0] == T
     prev, ind = df.loc["a0.h0"], df.loc["a1.h0"]
     assert prev["previous"] > 0.99 and prev["induction"] < 0.01 and prev["duplicate"] < 0.01
-    assert ind["induction"] > 0.99 and ind["duplicate"] < 0.01 and ind["previous"] < 0.01
+    assert ind["induction"] == pytest.approx(T / (T + 1), abs=1e-6) and ind["duplicate"] < 0.01
+    assert ind["previous"] == pytest.approx((sum(1 / i for i in range(1, T)) - 1) / (2 * T - 1), abs=1e-6)
     for node in ("a0.h1", "a1.h1", "a0.h2", "a1.h2"):  # random and zero heads
         assert df.loc[node, ["induction", "duplicate", "previous"]].max() < 0.2
     for node in ("a0.h2", "a1.h2"):
-        assert df.loc[node, ["induction", "duplicate", "previous"]].to_numpy() == pytest.approx(uniform_mean(T))
+        for name, offset in OFFSETS.items():
+            assert df.loc[node, name] == pytest.approx(uniform_mean(T, offset), abs=1e-6)
 
 
 def test_a_previous_token_head_shifted_by_one_breaks_both_scores():
@@ -189,9 +197,15 @@ def test_handmade_successor_head_scores_one():
 
 
 @pytest.mark.parametrize("shift", [0, 2], ids=["copies-the-token", "skips-one"])
-def test_a_head_that_does_not_map_to_the_successor_scores_zero(shift):
+def test_a_head_that_does_not_map_to_the_successor_scores_only_its_ties(shift):
+    """Copying the token scores 0. Skipping one scores 0 except on each sequence's last pair, where there is no
+    item two places on, the head writes nothing, every logit ties and the paper counts the tie as a success
+    (our earlier reading: 0)."""
     tok = WordTokenizer()
-    assert successor_scores(successor_model(tok, shift=shift), tok)["successor"].iloc[0] == 0.0
+    model = successor_model(tok, shift=shift)
+    df = successor_scores(model, tok)
+    assert df["successor"].iloc[0] == pytest.approx(0.0 if shift == 0 else len(SEQUENCES) / df["pairs"].iloc[0])
+    assert successor_scores(model, tok, reading="ours")["successor"].iloc[0] == 0.0
 
 
 # ----- copying and negative copying heads -----------------------------------------------------------------------

@@ -9,7 +9,12 @@ import copy
 import pytest
 import torch
 from circuittrack.components.ioi_algorithm import (
+    CSPA_MIN_KL,
+    CSPA_MIN_KL_SHARE,
     ROLES,
+    S_INHIBITION_MIN_CHANGE,
+    confirm_s_inhibition,
+    cspa_measurable,
     direct_roles,
     head_z,
     position_signal,
@@ -84,21 +89,88 @@ def test_position_signal_reads_the_movers_attention_as_eager_attention_does():
     assert got["logit_diff_change"] == pytest.approx(patched[0] - base[0], abs=1e-5)
     assert got["io_attention_change"] == pytest.approx(patched[1] - base[1], abs=1e-6)
     assert got["s1_attention_change"] == pytest.approx(patched[2] - base[2], abs=1e-6)
-    assert bool(got["confirmed"]) == (got["logit_diff_change"] < 0 and got["io_attention_change"] < 0
-                                      and got["s1_attention_change"] > 0)
+    assert got["clean_logit_diff"] == pytest.approx(base[0], abs=1e-5)
+    assert (got["clean_io_attention"], got["clean_s1_attention"]) == pytest.approx(base[1:], abs=1e-6)
+    signs = got["logit_diff_change"] < 0 and got["io_attention_change"] < 0 and got["s1_attention_change"] > 0
+    names = base[1] + base[2]
+    sized = (got["logit_diff_change"] <= -S_INHIBITION_MIN_CHANGE * abs(base[0])
+             and got["io_attention_change"] <= -S_INHIBITION_MIN_CHANGE * names
+             and got["s1_attention_change"] >= S_INHIBITION_MIN_CHANGE * names)
+    assert bool(got["confirmed_by_signs"]) == signs and bool(got["confirmed"]) == (signs and sized)
+
+
+def _position_test(ld, io, s1, clean=(2.0, 0.6, 0.2)):
+    import pandas as pd
+
+    return pd.DataFrame({"node": [f"a1.h{i}" for i in range(len(ld))], "logit_diff_change": ld,
+                         "io_attention_change": io, "s1_attention_change": s1, "clean_logit_diff": clean[0],
+                         "clean_io_attention": clean[1], "clean_s1_attention": clean[2]})
+
+
+def test_the_position_test_confirms_only_changes_of_the_stated_size():
+    """Clean: logit difference 2.0, attention 0.6 to IO and 0.2 to S1 (0.8 on the names); the floor 2% is a
+    logit-difference fall of 0.04 and an attention shift of 0.016."""
+    assert S_INHIBITION_MIN_CHANGE == 0.02
+    got = confirm_s_inhibition(_position_test(
+        ld=[-1e-5, -0.5, -0.5, -0.03, -0.5, 0.5],
+        io=[-1e-5, -0.10, -0.10, -0.10, -0.01, -0.1],
+        s1=[1e-5, 0.10, 0.02, 0.10, 0.10, 0.1])).set_index("node")
+    # 1e-5 changes: the paper's signs hold, but nothing measurable moved
+    assert bool(got.loc["a1.h0", "confirmed_by_signs"]) and not got.loc["a1.h0", "confirmed"]
+    assert got.loc["a1.h1", "confirmed"]  # all three well past their sizes
+    assert got.loc["a1.h2", "confirmed"]  # S1 up 0.02 >= 0.016
+    assert not got.loc["a1.h3", "confirmed"]  # logit difference down 0.03 < 0.04
+    assert not got.loc["a1.h4", "confirmed"]  # IO attention down 0.01 < 0.016
+    assert not got.loc["a1.h5", "confirmed_by_signs"] and not got.loc["a1.h5", "confirmed"]  # wrong sign
+    loose = confirm_s_inhibition(_position_test([-1e-5], [-1e-5], [1e-5]), min_change=0.0)
+    assert bool(loose["confirmed"].iloc[0])  # a floor of 0 is the paper's rule
+
+
+def test_a_cspa_score_counts_only_above_its_kl_floor():
+    import pandas as pd
+
+    # one checkpoint: the strongest head moves the output by 0.4 nats; 5% of it is 0.02
+    kl = [0.4, 0.05, 0.01, 5e-4, float("nan")]
+    one = pd.DataFrame({"node": [f"a1.h{i}" for i in range(5)], "cspa_kl_mean_ablation": kl})
+    assert cspa_measurable(one).tolist() == [True, True, False, False, False]
+    # several checkpoints: the relative floor is per checkpoint; at an early one every head is below 1e-3 nats
+    both = pd.concat([one.assign(model="m", step=100),
+                      one.assign(model="m", step=10, cspa_kl_mean_ablation=[2e-5, 1e-5, 1e-5, 0, 0])])
+    assert cspa_measurable(both).tolist() == [True, True, False, False, False] + [False] * 5
+    assert cspa_measurable(both, min_kl=0.0).tolist()[5:] == [True, True, True, False, False]  # >= 5% of 2e-5
+    assert not cspa_measurable(one.drop(columns="cspa_kl_mean_ablation")).any()  # the floor cannot be checked
+    assert (CSPA_MIN_KL, CSPA_MIN_KL_SHARE) == (1e-3, 0.05)
 
 
 def test_direct_roles_follow_the_papers_rules():
     import pandas as pd
 
-    direct = pd.DataFrame({"layer": [1] * 5, "head": range(5), "node": [f"a1.h{h}" for h in range(5)],
-                           "effect": [-0.3, 0.2, -0.0001, -0.2, 0.1]})
-    scores = direct[["layer", "head", "node"]].assign(copy=[40.0, 40.0, 0.0, 0.0, 0.0],
-                                                       negative_copy=[0.0, 0.0, 50.0, 0.0, 30.0],
-                                                       cspa=[0.0, 0.0, 0.0, 0.5, 0.5])
-    roles = direct_roles(direct, scores).set_index("node")[list(ROLES[:4])]
+    direct = pd.DataFrame({"layer": [1] * 7, "head": range(7), "node": [f"a1.h{h}" for h in range(7)],
+                           "effect": [-0.3, 0.2, -0.0001, -0.2, 0.1, -0.2, -0.2]})
+    scores = direct[["layer", "head", "node"]].assign(copy=[40.0, 40.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                                                       negative_copy=[0.0, 0.0, 50.0, 0.0, 30.0, 0.0, 0.0],
+                                                       cspa=[0.0, 0.0, 0.0, 0.5, 0.5, 0.9, 0.9],
+                                                       cspa_kl_mean_ablation=[0.5, 0.1, 0.1, 0.2, 0.2, 1e-5, 0.01])
+    table = direct_roles(direct, scores).set_index("node")
+    roles = table[list(ROLES[:4])]
     assert roles.loc["a1.h0"].tolist() == [True, False, False, False]  # copies and helps: name mover
     assert not roles.loc["a1.h1"].any()  # copies but hurts: no role
     assert not roles.loc["a1.h2"].any()  # negative copier without an effect
     assert roles.loc["a1.h3"].tolist() == [False, False, True, False]  # copy suppressor that helps
     assert roles.loc["a1.h4"].tolist() == [False, True, False, True]  # negative mover, hurting suppressor
+    # a high CSPA on a KL below the floor is no copy suppressor: 1e-5 nats (absolute floor 1e-3), and 0.01 nats
+    # (above 1e-3, but 2% of the strongest head's 0.5 < 5%)
+    assert not roles.loc["a1.h5"].any() and not roles.loc["a1.h6"].any()
+    assert table["cspa_measurable"].tolist() == [True] * 5 + [False, False]
+    loose = direct_roles(direct, scores, cspa_min_kl=0.0, cspa_min_kl_share=0.0).set_index("node")
+    assert loose.loc["a1.h5", "copy suppression"] and loose.loc["a1.h6", "copy suppression"]  # the paper's rule
+
+
+def test_the_floors_are_parameters_of_the_ioi_algorithm_analysis_and_enter_its_key():
+    from circuittrack.sweeps.analyses import get_analysis
+
+    a = get_analysis("ioi_algorithm")
+    defaults = a.resolve({}, None, "test")
+    assert (defaults["cspa_min_kl"], defaults["cspa_min_kl_share"], defaults["s_inhibition_min_change"]) == (
+        CSPA_MIN_KL, CSPA_MIN_KL_SHARE, S_INHIBITION_MIN_CHANGE)
+    assert a.resolve({"cspa_min_kl": 0.01}, None, "test") != defaults  # resolved parameters are the job's key

@@ -195,6 +195,48 @@ def test_gpt2_model_is_left_unchanged(backend):
         assert_unchanged(before, snapshot(model), f"{entry} on {backend} (gpt2)")
 
 
+# ----- head scores --------------------------------------------------------------------------------------------
+
+HEAD_ENTRIES = tuple(f"{f}-{r}" for f in ("induction_scores", "successor_scores", "copy_scores")
+                     for r in ("paper", "ours"))
+
+
+class _ModuloTokenizer:
+    """Every ordinal item is one token of the tiny models' vocabulary (a checksum of its text; clashes are fine)."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[3 + sum(map(ord, t)) % 37] for t in texts]}
+
+
+def _head_call(entry: str, model):
+    from circuittrack.components.copying import copy_scores
+    from circuittrack.components.induction import induction_scores
+    from circuittrack.components.successor import successor_scores
+    from test_paper_head_scores import ioi_shaped
+
+    name, reading = entry.rsplit("-", 1)
+    if name == "induction_scores":
+        return induction_scores(model, length=8, reading=reading)
+    if name == "successor_scores":
+        return successor_scores(model, _ModuloTokenizer(), reading=reading)
+    return copy_scores(model, ioi_shaped(40, n=12), reading=reading)
+
+
+@pytest.mark.parametrize("kind", ["neox", "gpt2"])
+@pytest.mark.parametrize("entry", HEAD_ENTRIES)
+def test_head_scores_leave_the_callers_model_unchanged(entry, kind):
+    """The head scores (both readings; the paper's copy score builds TransformerLens-processed weights) change
+    nothing about the caller's model, twice in a row, and run in eval mode although the caller's model is in
+    training mode (GPT-2 has dropout 0.1: the two calls would differ)."""
+    model = caller_model(kind)
+    before = snapshot(model)
+    results = []
+    for _ in range(2):
+        results.append(_head_call(entry, model))
+        assert_unchanged(before, snapshot(model), f"{entry} ({kind})")
+    assert results[0].equals(results[1])
+
+
 # ----- interleaving backends on one model object --------------------------------------------------------------
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:

@@ -191,7 +191,7 @@ def test_a_grid_over_seeds_runs_through_the_sweep_and_resumes(tmp_path):
     """toy-s and its seed 1 (trained by `make test`, or here if missing) at two checkpoints."""
     train_suite(["toy-s", "toy-s-seed1"], progress=False)
     grid_file = tmp_path / "g.yaml"
-    grid_file.write_text("suite: toy\nmodels: [toy-s, toy-s-seed1]\ncheckpoints: [0, 1200]\ntasks: [greater-than]\n"
+    grid_file.write_text("suite: toy\nmodels: [toy-s, toy-s-seed1]\ncheckpoints: [0, 3200]\ntasks: [greater-than]\n"
                          "analyses: {behaviour: {n: 100}}\n")
     grid, store = load_grid(grid_file), Store(tmp_path / "store")
     first = run_grid(grid, store, progress=False)
@@ -199,8 +199,8 @@ def test_a_grid_over_seeds_runs_through_the_sweep_and_resumes(tmp_path):
     again = run_grid(grid, store, progress=False)
     assert (again.skipped, again.computed) == (4, [])
     m = load_results("behaviour", "metrics", root=store.root).set_index(["model", "step"])["metric"]
-    assert m["toy-s-seed1", 1200] > 0.3 and m["toy-s", 1200] > 0.3  # both seeds learn Greater-Than
-    assert m["toy-s-seed1", 1200] != m["toy-s", 1200] and m["toy-s-seed1", 0] != m["toy-s", 0]
+    assert m["toy-s-seed1", 3200] > 0.3 and m["toy-s", 3200] > 0.3  # both seeds learn Greater-Than
+    assert m["toy-s-seed1", 3200] != m["toy-s", 3200] and m["toy-s-seed1", 0] != m["toy-s", 0]
     manifest = json.loads((paths.toy_suite_dir() / "toy-s-seed1" / "manifest.json").read_text())
     assert manifest["variant"]["seed"] == 1
 

@@ -66,10 +66,11 @@ def test_toy_suite_is_pythia_like():
     suite = get_suite("toy")
     assert main_models(suite) == list(TOY_MODELS)
     assert TOY_SCHEDULE[0] == 0 and TOY_SCHEDULE[-1] == TOY_TRAIN_STEPS
-    powers = [s for s in TOY_SCHEDULE[1:] if s & (s - 1) == 0 and s <= 256]
+    assert len(TOY_SCHEDULE) <= 25
+    powers = [s for s in TOY_SCHEDULE[1:] if s & (s - 1) == 0 and s <= 512]
     assert powers == [2**i for i in range(len(powers))] and len(powers) >= 8
-    tail = [s for s in TOY_SCHEDULE if s > 256]
-    assert len({b - a for a, b in zip(tail, tail[1:])}) == 1  # evenly spaced
+    tail = [s for s in TOY_SCHEDULE if s > 512]
+    assert len({b - a for a, b in zip(tail, tail[1:])}) == 1 and TOY_TRAIN_STEPS % (tail[1] - tail[0]) == 0
     sizes = [spec.n_params - 2 * spec.vocab_size * spec.d_model for spec in map(suite.model, TOY_MODELS)]
     assert sizes == sorted(sizes) and sizes[-1] / sizes[0] > 7  # ~10x range of non-embedding parameters
 

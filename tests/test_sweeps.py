@@ -40,7 +40,7 @@ def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
 GOOD = """
 suite: toy
 models: [toy-s]
-checkpoints: [0, 1200]
+checkpoints: [0, 3200]
 tasks: [ioi]
 analyses:
   behaviour: {n: 8}
@@ -52,8 +52,8 @@ analyses:
      "suite: 'toys' is not a suite; valid suites: pythia, toy, hf"),
     (GOOD + "colour: red\n", "unknown key(s) colour; valid keys: name, suite"),
     (GOOD.replace("[toy-s]", "[toy-xl]"), "models: 'toy-xl' is not a model of suite 'toy'; valid models: toy-s"),
-    (GOOD.replace("[0, 1200]", "[0, 3]"), "checkpoints: toy-s has no checkpoint at step 3; valid steps: 0, 1, 2"),
-    (GOOD.replace("[0, 1200]", "sparse"), "checkpoints: 'sparse' is not a schedule of suite 'toy'; valid: all"),
+    (GOOD.replace("[0, 3200]", "[0, 3]"), "checkpoints: toy-s has no checkpoint at step 3; valid steps: 0, 1, 2"),
+    (GOOD.replace("[0, 3200]", "sparse"), "checkpoints: 'sparse' is not a schedule of suite 'toy'; valid: all"),
     (GOOD.replace("[ioi]", "[ioi, nope]"), "tasks: 'nope' is not a task; valid tasks: gendered-pronoun"),
     (GOOD.replace("behaviour: {n: 8}", "nope: {}"),
      "unknown analysis 'nope'; valid analyses: behaviour, circuit, greater_than_check, heads, ioi_algorithm"),
@@ -113,7 +113,7 @@ def test_paper_grid_dry_run_lists_models_and_schedules_without_network(capsys, m
     assert p["to_download"] > 0 and p["download_gb"] > 1000
 
 
-def toy_grid(tmp_path: Path, steps: str = "[0, 1, 2, 4, 8, 1200]") -> Path:
+def toy_grid(tmp_path: Path, steps: str = "[0, 1, 2, 4, 8, 3200]") -> Path:
     return write(tmp_path, f"""
 name: tiny
 suite: toy
@@ -183,7 +183,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(capsys, tmp_path, monke
         return {"t": pd.DataFrame([{"ok": 1}])}
 
     monkeypatch.setitem(ANALYSES, "boom", Analysis("boom", "fails on sva", True, (), boom))
-    grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 1, 1200]\ntasks: [ioi, sva]\n"
+    grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 1, 3200]\ntasks: [ioi, sva]\n"
                            "analyses: {boom: {}, behaviour: {n: 8}}\n")
     store = tmp_path / "store"
     code, out, err = run_cli(capsys, "sweep", "--grid", str(grid), "--store", str(store))
@@ -202,12 +202,12 @@ def test_a_failing_job_is_recorded_and_the_others_finish(capsys, tmp_path, monke
 
 @pytest.mark.slow
 def test_load_results_filters_and_the_tables_hold_what_the_docs_say(tmp_path):
-    grid = toy_grid(tmp_path, "[1200]")
+    grid = toy_grid(tmp_path, "[3200]")
     report = run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
     assert len(report.computed) == 4 and not report.failed
     summary = load_results("circuit", "summary", root=tmp_path / "s", task="ioi")
     assert len(summary) == 1 and summary.loc[0, "status"] in ("reached", "not_reached")
-    assert summary.loc[0, "tokens"] == 1200 * 2048 and summary.loc[0, "model"] == "toy-s"
+    assert summary.loc[0, "tokens"] == 3200 * 2048 and summary.loc[0, "model"] == "toy-s"
     edges = load_results("circuit", "edges", root=tmp_path / "s", task="ioi")
     assert len(edges) == summary.loc[0, "circuit_edges"] and (edges["greedy_rank"] < 40).all()
     curve = load_results("circuit", "curve", root=tmp_path / "s", task=["ioi", "sva"])
@@ -227,7 +227,7 @@ def test_register_refuses_a_taken_name():
 def test_ray_executor_gives_the_local_results(tmp_path):
     """One Ray task per checkpoint on a local Ray instance (CPU) stores the same results as the local executor."""
     pytest.importorskip("ray")
-    grid = load_grid(toy_grid(tmp_path, "[0, 1200]"))
+    grid = load_grid(toy_grid(tmp_path, "[0, 3200]"))
     local = run_grid(grid, Store(tmp_path / "local"), progress=False)
     remote = run_grid(grid, Store(tmp_path / "ray"), progress=False, executor="ray")
     assert sorted(remote.computed) == sorted(local.computed) and len(local.computed) == 8 and not remote.failed
@@ -272,7 +272,7 @@ def test_evict_removes_each_hub_checkpoint_once_its_jobs_are_stored(tmp_path):
     two revisions, so step 2 loading after step 1's eviction shows that a shared blob goes only with the last."""
     cache = tmp_path / "hub"
     toy = REPO / "data" / "toy_suite" / "toy-s"
-    fake_hub_cache(cache, "EleutherAI/pythia-70m", {"step1": toy / "step0", "step2": toy / "step1200"})
+    fake_hub_cache(cache, "EleutherAI/pythia-70m", {"step1": toy / "step0", "step2": toy / "step3200"})
     repo = cache / "models--EleutherAI--pythia-70m"
     blobs_before = len(list((repo / "blobs").iterdir()))
     grid = write(tmp_path, "suite: pythia\nmodels: [pythia-70m]\ncheckpoints: [1, 2]\ntasks: [ioi]\n"
@@ -394,7 +394,7 @@ def test_a_grid_narrows_to_the_models_tasks_and_analyses_a_notebook_shows():
     grid = load_grid(REPO / "grids" / "toy.yaml")
     part = grid.narrowed(models=["toy-m"], tasks=["sva"], analyses=["behaviour"])
     assert {(u.model, j.task, j.analysis) for u in part.units for j in u.jobs} == {("toy-m", "sva", "behaviour")}
-    assert len(part.units) == 20 and {j.key for j in part.jobs} <= {j.key for j in grid.jobs}
+    assert len(part.units) == 25 and {j.key for j in part.jobs} <= {j.key for j in grid.jobs}
     with pytest.raises(ValueError, match="models toy-xl not in this grid; valid: toy-s, toy-m, toy-l"):
         grid.narrowed(models=["toy-xl"])
     with pytest.raises(ValueError, match="checkpoints 3 not in this grid"):
@@ -403,17 +403,20 @@ def test_a_grid_narrows_to_the_models_tasks_and_analyses_a_notebook_shows():
 
 @pytest.mark.slow
 def test_the_head_score_analysis_runs_per_checkpoint_without_a_task(tmp_path):
-    grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 1200]\nanalyses: {heads: {}}\n")
+    grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 3200]\nanalyses: {heads: {}}\n")
     report = run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
     assert len(report.computed) == 2 and report.failed == []
     scores = load_results("heads", "scores", root=tmp_path / "s")
-    assert len(scores) == 2 * 2 * 4 and set(scores["length"]) == {64}  # 2 x 100 does not fit 128 positions
+    # 2 x 100 tokens exceed the 64-token training sequences: the probe is cut to T = 32
+    assert len(scores) == 2 * 2 * 4 and set(scores["length"]) == {32}
     at0 = scores[scores["step"] == 0]
-    uniform = sum(1 / (i + 1) for i in range(64, 128)) / 64  # what a head attending uniformly scores
-    assert at0[["induction", "duplicate", "previous"]].to_numpy() == pytest.approx(uniform, rel=0.1)
+    for column, offset in (("induction", 31), ("duplicate", 32), ("previous", 1)):
+        # a head attending uniformly scores the mean of 1/(i+1) over the whole diagonal's queries i
+        uniform = sum(1 / (i + 1) for i in range(offset, 64)) / (64 - offset)
+        assert at0[column].to_numpy() == pytest.approx(uniform, rel=0.1), column
     assert scores["successor"].between(0, 1).all() and scores["copy"].between(0, 100).all()
     assert set(scores["name_positions"]) == {210}  # IO, S1 and S2 of the 70 default IOI prompts
-    final = scores[scores["step"] == 1200]
+    final = scores[scores["step"] == 3200]
     assert (final["cspa_kl_mean_ablation"] > 0).all() and final["cspa"].notna().all()
 
 

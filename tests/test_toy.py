@@ -98,3 +98,37 @@ def test_heldout_prompts_are_redrawn_from_the_stream():
     assert all(forced.excludes("ioi", t) for t in ioi)
     stream = " ".join(corpus.documents(9, 300, heldout=forced))
     assert not any(t in stream for t in ioi)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_training_loss_and_gradients_equal_hugging_face(parallel):
+    """The trainer's own forward (toy/step.py) computes model(x, labels=x).loss, with the same gradient for every
+    parameter, on a random GPT-NeoX with non-trivial norms and biases (parallel and sequential residual)."""
+    from circuittrack.toy.step import lm_loss
+    from conftest import make_neox
+
+    model = make_neox(parallel=parallel, n_layers=2, n_heads=4, d=32, vocab=40, seed=3).train()
+    x = torch.randint(0, 40, (5, 17), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for loss_fn in (lambda: model(x, labels=x).loss, lambda: lm_loss(model, x)):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (hf_loss, hf), (our_loss, ours) = grads
+    assert torch.allclose(our_loss, hf_loss, rtol=1e-6, atol=1e-6)
+    for name, g in hf.items():
+        assert torch.allclose(ours[name], g, rtol=1e-4, atol=1e-6), name
+
+
+def test_bf16_training_loss_is_close_to_float32():
+    """bfloat16 matrix products change the loss by a rounding error only, and keep float32 gradients."""
+    from circuittrack.toy.step import lm_loss
+    from conftest import make_neox
+
+    model = make_neox(n_layers=2, n_heads=4, d=32, vocab=40, seed=4, init=0.02).train()
+    x = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(1))
+    full, half = lm_loss(model, x), lm_loss(model, x, torch.bfloat16)
+    assert abs(full.item() - half.item()) < 2e-2 * full.item()
+    half.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())

@@ -60,7 +60,7 @@ def test_toy_checkpoint_loads_like_pythia(toy_manifests):
     ckpt = load_checkpoint("toy", "toy-s", "final", dtype="bfloat16")
     info = ckpt.describe()
     assert info["architecture"] == "GPTNeoXForCausalLM" and info["dtype"] == "bfloat16"
-    assert info["n_layers"] == 2 and info["d_model"] == 64 and info["step"] == 1200
+    assert info["n_layers"] == 2 and info["d_model"] == 64 and info["step"] == 3200
     assert ckpt.model.config.use_parallel_residual and not any(p.requires_grad for p in ckpt.model.parameters())
     ids = ckpt.tokenizer("Then, Mary and John went to the store", return_tensors="pt")["input_ids"]
     assert ckpt.model(ids).logits.dtype == torch.bfloat16

@@ -1,27 +1,38 @@
-"""Copy scores (name-mover heads) and negative copy scores (the paper's `compute_copy_score`).
+"""Copy scores (name-mover heads) and negative copy scores: the paper's `compute_copy_score`.
 
-For every IOI prompt, the residual stream after layer 0 at the three name positions (IO, S1, S2) goes through
-a head's OV circuit as the head would read it (its layer's attention LayerNorm, W_V with its bias, W_O), then the
-final LayerNorm and the unembedding. The copy score is the percentage of those 3N positions whose own name
-(" " + name) is among the 5 highest logits; the negative copy score does the same with the logits negated.
-The paper's threshold for a name mover is 10 (%). paper.md leaves the LayerNorms unstated; applying the two
-the model itself applies is our reading.
+On the model as the paper loads it (TransformerLens' fold_ln, center_writing_weights, center_unembed,
+fold_value_biases; :mod:`circuittrack.components.processed`), for every IOI prompt and each of its three name
+positions (IO, S1, S2):
+
+    z_0 = blocks.0.hook_resid_post                      (the residual after block 0; centred over d_model)
+    o = sign * (z_0 @ W_V[l, h] + b_V[l, h]) @ W_O[l, h]     (b_V is 0 after folding; sign -1: negative copy)
+    logits = o @ W_U + b_U                              (no LayerNorm is applied, neither the head's nor the final)
+
+The copy score is the percentage of the 3N positions whose own name (" " + name) is among the 5 highest logits.
+The negative copy score negates the head's output o, not the logits (b_U keeps its sign). The paper's threshold
+for a name mover is 10 (%). Our earlier reading (``reading="ours"``: the residual through the head's LayerNorm,
+W_V with its bias, W_O, the final LayerNorm and W_U; the negative score negating the logits) is kept for
+comparison.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from circuittrack.components.ov import ov_outputs
+from circuittrack.components.processed import centred, processed_ov, processed_unembed
 from circuittrack.components.table import head_table
 from circuittrack.errors import InvalidInput
+from circuittrack.models.arch import get_arch
 from circuittrack.models.hooks import Hooks
 from circuittrack.models.runners import get_runner
 from circuittrack.tasks.data import TaskData
 
 TOP_K = 5
 PAPER_THRESHOLD = 10.0  # percent
+READINGS = ("paper", "ours")
 
 
 def name_positions(data: TaskData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,44 +56,88 @@ def name_positions(data: TaskData) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return torch.tensor(ex), torch.tensor(pos), torch.tensor(ids)
 
 
-def _layer_norm(x: torch.Tensor, params) -> torch.Tensor:
+def _layer_norm(x: Tensor, params) -> Tensor:
     w, b, eps = params
     return torch.nn.functional.layer_norm(x, x.shape[-1:], w.float(), b.float(), eps)
 
 
 @torch.no_grad()
-def head_name_logits(model, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [L, H, 3N, V] of each head's OV output on the name positions, and the names' ids [3N]."""
+def name_residual(model, data: TaskData) -> tuple[Tensor, Tensor]:
+    """The residual stream after block 0 at the name positions [3N, d] (float32, plain model's, uncentred) and
+    the names' ids [3N]."""
     runner = get_runner("torch", model)
     a = runner.arch
     ex, pos, ids = name_positions(data)
-    resid: dict[str, torch.Tensor] = {}
+    resid: dict[str, Tensor] = {}
     if a.n_layers > 1:
         hooks = Hooks(attn_in=lambda l, x: resid.setdefault("x", x.detach()) if l == 1 else None)
     else:
         hooks = Hooks(final_in=lambda x: resid.setdefault("x", x.detach()))
     with runner.session():
         runner.forward(data.clean.to(a.device), hooks)
-    x = resid["x"][ex, pos].float()  # [3N, d]
-    W_U = a.unembed_weight().float()
-    out = []
-    for l in range(a.n_layers):
-        o = ov_outputs(a, l, _layer_norm(x, a.ln1(l)))  # [H, 3N, d]
-        out.append(_layer_norm(o, a.ln_final()) @ W_U.T)
-    return torch.stack(out), ids
+    return resid["x"][ex, pos].float(), ids
 
 
-def top_k_share(logits: torch.Tensor, ids: torch.Tensor, top_k: int = TOP_K) -> torch.Tensor:
+def _prepare(model, data: TaskData, reading: str):
+    """(adapter, residual after block 0 at the names [3N, d], names' ids [3N], what turns a head's output into
+    logits: the processed (W_U [d, V], b_U [V]) for the paper's reading, (W_U, final LayerNorm) for ours)."""
+    if reading not in READINGS:
+        raise InvalidInput(f"unknown copy-score reading {reading!r}; valid: {', '.join(READINGS)}")
+    x, ids = name_residual(model, data)
+    a = get_arch(model)
+    unembed = processed_unembed(a) if reading == "paper" else (a.unembed_weight().float().T, a.ln_final())
+    return a, x, ids, unembed
+
+
+def _head_writes(arch, x: Tensor, layer: int, reading: str) -> Tensor:
+    """What each head of ``layer`` writes [H, 3N, d] reading ``x`` [3N, d] (the plain residual after block 0):
+    the paper's z_0 @ W_V + b_V then @ W_O on processed weights (z_0 centred as in the processed model), or ours
+    through the head's LayerNorm."""
+    if reading == "paper":
+        W_V, b_V, W_O = processed_ov(arch, layer)
+        v = torch.einsum("nd,hde->hne", centred(x), W_V) + b_V[:, None]
+        return torch.einsum("hne,hed->hnd", v, W_O)
+    return ov_outputs(arch, layer, _layer_norm(x, arch.ln1(layer)))
+
+
+def _logits(o: Tensor, unembed, sign: int, reading: str) -> Tensor:
+    """Logits [..., V] of head writes ``o``: the paper's (sign * o) @ W_U + b_U, or ours sign * LN_f(o) @ W_U."""
+    W_U, extra = unembed
+    if reading == "paper":
+        return (sign * o) @ W_U + extra
+    return sign * (_layer_norm(o, extra) @ W_U)
+
+
+@torch.no_grad()
+def head_name_logits(model, data: TaskData, negative: bool = False,
+                     reading: str = "paper") -> tuple[Tensor, Tensor]:
+    """Logits [L, H, 3N, V] of each head's output on the name positions (for the negative score if
+    ``negative``), and the names' ids [3N]. :func:`copy_scores` computes the same one layer at a time."""
+    a, x, ids, unembed = _prepare(model, data, reading)
+    sign = -1 if negative else 1
+    return torch.stack([_logits(_head_writes(a, x, l, reading), unembed, sign, reading)
+                        for l in range(a.n_layers)]), ids
+
+
+def top_k_share(logits: Tensor, ids: Tensor, top_k: int = TOP_K) -> Tensor:
     """Percent of rows (over the second-to-last axis) whose own token ``ids`` is among the ``top_k`` logits, ties
-    counted against it: a hit needs fewer than ``top_k`` other tokens at or above its logit (so a head writing
-    nothing, all logits equal, scores 0 rather than whatever ``topk``'s tie order picks)."""
+    counted against it: a hit needs fewer than ``top_k`` other tokens at or above its logit. This is the paper's
+    ``torch.topk`` membership wherever the name's logit is not tied with others at the k-th place (where topk's
+    pick is arbitrary), so a head writing nothing into a model with b_U = 0 scores 0."""
     own = logits.gather(-1, ids.to(logits.device).expand(*logits.shape[:-1])[..., None])
     at_or_above = (logits >= own).sum(-1) - 1  # other tokens
-    return 100.0 * (at_or_above < top_k).float().mean(-1)
+    hits = (at_or_above < top_k).sum(-1).double()
+    return hits / logits.shape[-2] * 100  # as the paper's n_right / (3N) * 100, in float64
 
 
-def copy_scores(model, data: TaskData, top_k: int = TOP_K) -> pd.DataFrame:
+@torch.no_grad()
+def copy_scores(model, data: TaskData, top_k: int = TOP_K, reading: str = "paper") -> pd.DataFrame:
     """One row per head: layer, head, node, copy and negative copy score (percent of name positions)."""
-    logits, ids = head_name_logits(model, data)
-    return head_table({"copy": top_k_share(logits, ids, top_k), "negative_copy": top_k_share(-logits, ids, top_k)},
+    a, x, ids, unembed = _prepare(model, data, reading)
+    scores: dict[int, list[Tensor]] = {1: [], -1: []}
+    for layer in range(a.n_layers):
+        o = _head_writes(a, x, layer, reading)
+        for sign, rows in scores.items():
+            rows.append(top_k_share(_logits(o, unembed, sign, reading), ids, top_k))
+    return head_table({"copy": torch.stack(scores[1]), "negative_copy": torch.stack(scores[-1])},
                       name_positions=int(ids.numel()))

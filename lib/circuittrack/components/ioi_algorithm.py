@@ -5,11 +5,16 @@ path-patching effect (patched - clean) / (clean - corrupted) (:mod:`circuittrack
 
 1. **Direct-effect heads** (every head -> logits), split by the head scores into name movers (copy score > 10%
    and effect < 0), negative name movers (negative copy score > 10% and an effect), copy suppressors (CSPA >
-   0.10 and effect < 0) and negative copy suppressors (CSPA > 0.10 and effect > 0).
+   0.10 and effect < 0) and negative copy suppressors (CSPA > 0.10 and effect > 0). Beyond the paper, a CSPA
+   score counts only where it rests on a measurable effect (:func:`cspa_measurable`): the KL of mean-ablating
+   the head's direct path, which the score divides by, is at least ``cspa_min_kl`` nats and at least
+   ``cspa_min_kl_share`` of the largest such KL among the checkpoint's heads.
 2. **S-inhibition heads**: senders whose paths into the queries of the heads of step 1 have effect < -0.001,
    confirmed by the position-signal test: with the head's output taken from the prompt whose first two names
    are swapped (same tokens, opposite positions), the logit difference falls, and the step-1 heads attend less
-   to IO and more to S1.
+   to IO and more to S1. The paper asks only for the three signs; here each change must also reach a size
+   (:func:`confirm_s_inhibition`): ``s_inhibition_min_change`` of the clean logit difference, and of the step-1
+   heads' clean attention to the two names.
 3. **Induction / duplicate-token heads**: senders whose paths into the values of the S-inhibition heads (those
    that are not copy suppressors) have effect < -0.001 and whose induction or duplicate-token score is above
    the mean over heads.
@@ -38,15 +43,54 @@ from circuittrack.tasks.data import TaskData
 COPY_THRESHOLD = 10.0  # percent of name positions (the paper's)
 CSPA_THRESHOLD = 0.10
 EFFECT_THRESHOLD = 0.001  # |normalised effect| that counts as an effect
+
+# Floors beyond the paper: a role rests on a measurable effect (defaults of the ioi_algorithm analysis's
+# cspa_min_kl, cspa_min_kl_share and s_inhibition_min_change; tests keep the two in step).
+#
+# CSPA is 1 - KL(CSPA) / KL(mean ablation): a ratio of two KLs of the head's direct path. Where mean-ablating that
+# path barely moves the output distribution, both are near zero and the ratio says nothing about the head (early
+# toy checkpoints score "copy suppressors" on near-zero KLs). 1e-3 nats is a small but real change: for small
+# shifts KL is about half the variance of the logit shifts under the clean distribution, so 1e-3 nats is a
+# typical shift of ~0.045 nats (~4.5% in the odds of the likely tokens), far above float32 rounding (~1e-7).
+# 5% of the strongest head's KL at the same checkpoint ties the floor to the model's own scale (a toy model's
+# heads and Pythia-2.8b's move the output by different amounts): a head with a twentieth of the strongest head's
+# direct effect still shapes the output, one with less is too small for its CSPA ratio to name its role; at every
+# checkpoint the strongest head itself passes.
+CSPA_MIN_KL = 1e-3  # nats
+CSPA_MIN_KL_SHARE = 0.05  # of the largest mean-ablation KL among the checkpoint's heads
+# The position test swaps one head's output for its name-swapped one; the paper counts the head as S-inhibition
+# if the logit difference and the receivers' attention move the right way at all, so changes of ~1e-5 (rounding
+# and noise) confirm a head. 2% of the clean value ("a few percent") is three orders of magnitude above such
+# changes, yet small enough for an S-inhibition signal shared among a dozen heads, each moving a few percent.
+S_INHIBITION_MIN_CHANGE = 0.02  # of the clean logit difference, and of the receivers' attention to IO and S1
 ROLES = ("name mover", "negative name mover", "copy suppression", "negative copy suppression", "s-inhibition",
          "induction/duplicate")
 
 
-def direct_roles(direct: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
-    """Per head: its direct effect, scores and the step-1 role flags (a head may fill several)."""
+def cspa_measurable(scores: pd.DataFrame, min_kl: float = CSPA_MIN_KL,
+                    min_kl_share: float = CSPA_MIN_KL_SHARE) -> pd.Series:
+    """Per row of ``scores`` (heads; one checkpoint, or several told apart by ``model`` and ``step``): whether the
+    head's CSPA score rests on a measurable effect: its mean-ablation KL (``cspa_kl_mean_ablation``, what the
+    score divides by) is at least ``min_kl`` nats and at least ``min_kl_share`` x the largest one among the heads
+    of its checkpoint. False where the KL is missing (the floor cannot be checked)."""
+    if "cspa_kl_mean_ablation" not in scores.columns:
+        return pd.Series(False, index=scores.index)
+    kl = scores["cspa_kl_mean_ablation"].astype(float)
+    keys = [c for c in ("suite", "model", "step") if c in scores.columns]
+    strongest = kl.groupby([scores[k] for k in keys]).transform("max") if keys else pd.Series(kl.max(),
+                                                                                                index=kl.index)
+    return (kl >= min_kl) & (kl >= min_kl_share * strongest)
+
+
+def direct_roles(direct: pd.DataFrame, scores: pd.DataFrame, cspa_min_kl: float = CSPA_MIN_KL,
+                 cspa_min_kl_share: float = CSPA_MIN_KL_SHARE) -> pd.DataFrame:
+    """Per head: its direct effect, scores and the step-1 role flags (a head may fill several); a CSPA score
+    counts only where :func:`cspa_measurable` (column ``cspa_measurable``)."""
     df = direct[["layer", "head", "node", "effect"]].merge(scores, on=["layer", "head", "node"])
-    cspa = df["cspa"] if "cspa" in df else pd.Series(float("nan"), index=df.index)
+    measurable = cspa_measurable(df, cspa_min_kl, cspa_min_kl_share)
+    cspa = (df["cspa"] if "cspa" in df else pd.Series(float("nan"), index=df.index)).where(measurable)
     return df.assign(**{
+        "cspa_measurable": measurable,
         "name mover": (df["copy"] > COPY_THRESHOLD) & (df["effect"] < 0),
         "negative name mover": (df["negative_copy"] > COPY_THRESHOLD) & (df["effect"].abs() > EFFECT_THRESHOLD),
         "copy suppression": (cspa > CSPA_THRESHOLD) & (df["effect"] < 0),
@@ -120,22 +164,40 @@ def _readout(model, data: TaskData, movers: list[tuple[int, int]]) -> tuple[floa
     return ld, float(att_io), float(att_s1)
 
 
+POSITION_COLUMNS = ["layer", "head", "node", "logit_diff_change", "io_attention_change", "s1_attention_change",
+                    "clean_logit_diff", "clean_io_attention", "clean_s1_attention", "confirmed_by_signs", "confirmed"]
+
+
+def confirm_s_inhibition(test: pd.DataFrame, min_change: float = S_INHIBITION_MIN_CHANGE) -> pd.DataFrame:
+    """The position test's verdict per candidate (``test``: its changes and clean values). ``confirmed_by_signs``
+    is the paper's rule (the logit difference falls, attention to IO falls, attention to S1 rises);
+    ``confirmed`` also asks each change to reach its size: the logit difference falls by at least ``min_change``
+    x |its clean value|, and attention to IO falls and to S1 rises by at least ``min_change`` x the receivers'
+    clean attention to the two names (IO + S1: the attention the swap can move between them)."""
+    ld, io, s1 = test["logit_diff_change"], test["io_attention_change"], test["s1_attention_change"]
+    signs = (ld < 0) & (io < 0) & (s1 > 0)
+    names = test["clean_io_attention"] + test["clean_s1_attention"]
+    sized = (ld <= -min_change * test["clean_logit_diff"].abs()) & (io <= -min_change * names) \
+        & (s1 >= min_change * names)
+    return test.assign(confirmed_by_signs=signs.astype(bool), confirmed=(signs & sized).astype(bool))
+
+
 def position_signal(model, data: TaskData, candidates: list[tuple[int, int]],
-                    movers: list[tuple[int, int]]) -> pd.DataFrame:
+                    movers: list[tuple[int, int]], min_change: float = S_INHIBITION_MIN_CHANGE) -> pd.DataFrame:
     """Per candidate S-inhibition head: the change in logit difference and in the movers' attention to IO and
-    S1 when its output comes from the name-swapped prompts, and whether all three move as S-inhibition's do."""
+    S1 when its output comes from the name-swapped prompts, the clean values, and whether all three move as
+    S-inhibition's do (:func:`confirm_s_inhibition`: by sign, and by sign and size)."""
     base = _readout(model, data, movers)
     swapped = head_z(model, swapped_names(data), candidates)
     rows = []
     for l, h in candidates:
         with replaced_head_outputs(model, {(l, h): swapped[l, h]}):
             ld, io, s1 = _readout(model, data, movers)
-        d = {"layer": l, "head": h, "node": f"a{l}.h{h}", "logit_diff_change": ld - base[0],
-             "io_attention_change": io - base[1], "s1_attention_change": s1 - base[2]}
-        d["confirmed"] = d["logit_diff_change"] < 0 and d["io_attention_change"] < 0 and d["s1_attention_change"] > 0
-        rows.append(d)
-    return pd.DataFrame(rows, columns=["layer", "head", "node", "logit_diff_change", "io_attention_change",
-                                       "s1_attention_change", "confirmed"])
+        rows.append({"layer": l, "head": h, "node": f"a{l}.h{h}", "logit_diff_change": ld - base[0],
+                     "io_attention_change": io - base[1], "s1_attention_change": s1 - base[2],
+                     "clean_logit_diff": base[0], "clean_io_attention": base[1], "clean_s1_attention": base[2]})
+    test = pd.DataFrame(rows, columns=POSITION_COLUMNS[:-2]).astype({c: float for c in POSITION_COLUMNS[3:-2]})
+    return confirm_s_inhibition(test, min_change)[POSITION_COLUMNS]
 
 
 def _heads(df: pd.DataFrame) -> list[tuple[int, int]]:
@@ -143,23 +205,26 @@ def _heads(df: pd.DataFrame) -> list[tuple[int, int]]:
 
 
 def ioi_algorithm(model, data: TaskData, scores: pd.DataFrame, batch_size: int | str = "auto",
-                  backend: str = "torch") -> dict[str, pd.DataFrame]:
+                  backend: str = "torch", cspa_min_kl: float = CSPA_MIN_KL,
+                  cspa_min_kl_share: float = CSPA_MIN_KL_SHARE,
+                  s_inhibition_min_change: float = S_INHIBITION_MIN_CHANGE) -> dict[str, pd.DataFrame]:
     """Tables ``heads`` (one row per head: direct effect, S-inhibition and value-path effects, the position
-    test, a flag per role) and ``shares`` (Figure 4 B, C, D: group, heads, effect, percent)."""
+    test, a flag per role) and ``shares`` (Figure 4 B, C, D: group, heads, effect, percent). The floors: see
+    :func:`cspa_measurable` and :func:`confirm_s_inhibition`."""
     kw = {"batch_size": batch_size, "backend": backend}
-    heads = direct_roles(path_patch(model, data, receivers="logits", **kw), scores)
+    heads = direct_roles(path_patch(model, data, receivers="logits", **kw), scores, cspa_min_kl, cspa_min_kl_share)
     heads = heads.rename(columns={"effect": "direct_effect"})
     movers = _heads(heads[heads[list(ROLES[:4])].any(axis=1)])
     heads["s_inhibition_effect"] = float("nan")
     heads["value_effect"] = float("nan")
     s2i: list[tuple[int, int]] = []
-    position = pd.DataFrame(columns=["node", "confirmed"])
+    position = pd.DataFrame(columns=POSITION_COLUMNS)
     if movers and min(l for l, _ in movers) > 0:
         into_q = [(l, h, "q") for l, h in movers]
         pp = path_patch(model, data, receivers=into_q, senders=_senders_before(heads, into_q), **kw)
         heads = _put(heads, pp, "s_inhibition_effect")
         candidates = _heads(pp[pp["effect"] < -EFFECT_THRESHOLD])
-        position = position_signal(model, data, candidates, movers)
+        position = position_signal(model, data, candidates, movers, s_inhibition_min_change)
         s2i = _heads(position[position["confirmed"].astype(bool)])
     heads = heads.merge(position.drop(columns=["layer", "head"], errors="ignore"), on="node", how="left")
     heads["s-inhibition"] = heads["node"].isin({f"a{l}.h{h}" for l, h in s2i})
@@ -178,7 +243,8 @@ def ioi_algorithm(model, data: TaskData, scores: pd.DataFrame, batch_size: int |
     shares = path_patch_groups(model, data, groups, **kw)
     shares["heads"] = [", ".join(f"a{l}.h{h}" for l, h in g[0]) for g in groups.values()]
     shares["percent"] = -100.0 * shares["effect"] + 0.0  # + 0.0: no "-0" where nothing flows
-    heads["confirmed"] = heads["confirmed"].astype("boolean")
+    heads = heads.astype({"confirmed": "boolean", "confirmed_by_signs": "boolean"})
+    heads = heads.astype({c: float for c in POSITION_COLUMNS[3:-2]})
     return {"heads": heads, "shares": shares}
 
 

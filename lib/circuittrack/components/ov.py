@@ -7,8 +7,11 @@ import torch
 from circuittrack.circuits.sources import head_outputs
 
 
-def ov_outputs(arch, layer: int, x: torch.Tensor) -> torch.Tensor:
-    """[H, n, d] (float32): x [n, d] (as the heads read it) through each head's W_V with its bias, then W_O."""
+def ov_outputs(arch, layer: int, x: torch.Tensor, value_bias: bool = True) -> torch.Tensor:
+    """[H, n, d] (float32): x [n, d] (as the heads read it) through each head's W_V (plus its bias b_V when
+    ``value_bias``), then W_O. Without the bias this is x @ OV, TransformerLens' ``attn.OV`` (W_V @ W_O)."""
     W, b = arch.qkv_params(layer)
-    v = torch.einsum("nd,hed->nhe", x.float(), W[2].float()) + b[2].float()  # [n, H, dh]
+    v = torch.einsum("nd,hed->nhe", x.float(), W[2].float())  # [n, H, dh]
+    if value_bias:
+        v = v + b[2].float()
     return head_outputs(arch, layer, v[None])[0].transpose(0, 1)

@@ -2,16 +2,30 @@
 the heads in each role, and the Greater-Than check.
 
 Head types (the paper's Figure 2 panels): successor and induction heads are read in the Greater-Than circuit,
-copy-suppression (CSPA) and name-mover (copy score) heads in the IOI circuit.
+copy-suppression (CSPA) and name-mover (copy score) heads in the IOI circuit. A CSPA score counts (crosses the
+threshold, is drawn, is selected) only where it rests on a measurable effect, the floor the IOI algorithm's
+copy-suppression role uses (:func:`circuittrack.components.ioi_algorithm.cspa_measurable`); :func:`role_rules`
+sets every role's rule beside the paper's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import altair as alt
 import pandas as pd
 
+from circuittrack.components.ioi_algorithm import (
+    COPY_THRESHOLD,
+    CSPA_MIN_KL,
+    CSPA_MIN_KL_SHARE,
+    CSPA_THRESHOLD,
+    EFFECT_THRESHOLD,
+    ROLES,
+    S_INHIBITION_MIN_CHANGE,
+    cspa_measurable,
+)
 from circuittrack.figures.theme import model_scale, tokens_axis
 
 
@@ -25,13 +39,16 @@ class HeadType:
 
 
 #: Thresholds: copy score 10% and CSPA 0.10 are the paper's; it fixes none for induction and successor scores,
-#: where 0.5 is used here (most of the attention on the induction diagonal; most successor pairs right).
+#: where 0.5 is used here (most of the attention on the induction diagonal; most successor pairs right). CSPA
+#: also needs its mean-ablation KL above the floor (:func:`counted_scores`).
 HEAD_TYPES = (
     HeadType("Successor heads", "successor", "greater-than", "Succession score", 0.5),
     HeadType("Induction heads", "induction", "greater-than", "Induction score", 0.5),
-    HeadType("Copy suppression heads", "cspa", "ioi", "CSPA score", 0.10),
-    HeadType("Name mover heads", "copy", "ioi", "Copy score (%)", 10.0),
+    HeadType("Copy suppression heads", "cspa", "ioi", "CSPA score", CSPA_THRESHOLD),
+    HeadType("Name mover heads", "copy", "ioi", "Copy score (%)", COPY_THRESHOLD),
 )
+#: The roles whose heads carry Figure 4 B (the direct effect): name movers and copy suppressors, and their negatives.
+DIRECT_ROLES = ROLES[:4]
 
 #: The paper's Figure 2 selection: a head whose maximum reaches this share of the model's maximum score.
 SELECT_FRACTION = 0.33
@@ -39,6 +56,17 @@ SELECT_FRACTION = 0.33
 
 def _types(scores: pd.DataFrame) -> list[HeadType]:
     return [t for t in HEAD_TYPES if t.score in scores.columns]
+
+
+def counted_scores(scores: pd.DataFrame, min_kl: float = CSPA_MIN_KL,
+                   min_kl_share: float = CSPA_MIN_KL_SHARE) -> pd.DataFrame:
+    """``scores`` (the heads table) with CSPA blanked (NaN) where it does not rest on a measurable effect: the
+    head's mean-ablation KL is below ``min_kl`` nats or below ``min_kl_share`` of the strongest head's at that
+    checkpoint (:func:`~circuittrack.components.ioi_algorithm.cspa_measurable`). Tables without CSPA pass
+    unchanged."""
+    if "cspa" not in scores.columns:
+        return scores
+    return scores.assign(cspa=scores["cspa"].where(cspa_measurable(scores, min_kl, min_kl_share)))
 
 
 def circuit_heads(edges: pd.DataFrame) -> pd.DataFrame:
@@ -56,9 +84,10 @@ def _in_circuit_counts(circuits: pd.DataFrame, model: str, task: str) -> pd.Seri
 
 def first_crossings(scores: pd.DataFrame) -> pd.DataFrame:
     """Per model and head type: the first step at which any head reaches the type's threshold, that head, and
-    the final checkpoint's best head and score (whether or not it is in a circuit)."""
+    the final checkpoint's best head and score (whether or not it is in a circuit). CSPA counts only above its
+    KL floor (:func:`counted_scores`)."""
     rows = []
-    for model, d in scores.groupby("model", sort=False):
+    for model, d in counted_scores(scores).groupby("model", sort=False):
         final = d[d["step"] == d["step"].max()]
         for t in _types(d):
             hit = d[d[t.score] >= t.threshold].sort_values(["step", t.score], ascending=[True, False])
@@ -75,9 +104,10 @@ def first_crossings(scores: pd.DataFrame) -> pd.DataFrame:
 def select_figure2(scores: pd.DataFrame, circuits: pd.DataFrame, fraction: float = SELECT_FRACTION) -> pd.DataFrame:
     """Per model and head type, the head the paper's Figure 2 shows: among heads that are in the type's task
     circuit at some checkpoint and whose score reaches ``fraction`` x the model's maximum for that score, the
-    one that reaches it earliest (ties: the higher maximum). No row where no head qualifies."""
+    one that reaches it earliest (ties: the higher maximum). No row where no head qualifies. CSPA counts only
+    above its KL floor (:func:`counted_scores`)."""
     rows = []
-    for model, d in scores.groupby("model", sort=False):
+    for model, d in counted_scores(scores).groupby("model", sort=False):
         for t in _types(d):
             top = d[t.score].max()
             if not top > 0:
@@ -104,7 +134,8 @@ def _score_panel(d: pd.DataFrame, t: HeadType, color: alt.Color, title: str) -> 
 
 def figure2(scores: pd.DataFrame, selection: pd.DataFrame, models: list[str]) -> alt.ConcatChart:
     """One panel per head type: the selected head's score over training, one line per model (dashed rule: the
-    type's threshold). Step 0 is left out (log axis)."""
+    type's threshold). Step 0 is left out (log axis); CSPA only where it clears its KL floor."""
+    scores = counted_scores(scores)
     panels = []
     for t in _types(scores):
         sel = selection[selection["head type"] == t.name]
@@ -119,7 +150,7 @@ def figure2(scores: pd.DataFrame, selection: pd.DataFrame, models: list[str]) ->
 def top_heads(scores: pd.DataFrame, circuits: pd.DataFrame, model: str, top: int = 5) -> dict[str, list[str]]:
     """Per head type: the ``top`` heads of ``model`` most often in the type's task circuit (ties: higher peak
     score), the paper's Figure 3 choice."""
-    d = scores[scores["model"] == model]
+    d = counted_scores(scores[scores["model"] == model])
     out = {}
     for t in _types(d):
         counts = _in_circuit_counts(circuits, model, t.task)
@@ -130,8 +161,9 @@ def top_heads(scores: pd.DataFrame, circuits: pd.DataFrame, model: str, top: int
 
 
 def figure3(scores: pd.DataFrame, heads: dict[str, list[str]], model: str) -> alt.ConcatChart:
-    """One panel per head type: each chosen head's score over training in ``model`` (a colour per head)."""
-    d0 = scores[(scores["model"] == model) & (scores["tokens"] > 0)]
+    """One panel per head type: each chosen head's score over training in ``model`` (a colour per head); CSPA
+    only where it clears its KL floor."""
+    d0 = counted_scores(scores[(scores["model"] == model) & (scores["tokens"] > 0)])
     panels = []
     for t in _types(d0):
         d = d0[d0["node"].isin(heads.get(t.name, []))].assign(value=lambda x, s=t.score: x[s])
@@ -209,32 +241,122 @@ def emergence_comparison(crossings: pd.DataFrame, behaviour_emergence: pd.DataFr
     return out
 
 
-def algorithm_summary(shares: pd.DataFrame, from_step: int) -> pd.DataFrame:
+def _start(from_step: int | Mapping[str, int | None], model: str) -> int | None:
+    """The first step of ``model``'s window: one step for all models, or a step per model (None: no window)."""
+    if isinstance(from_step, Mapping):
+        s = from_step.get(model)
+        return None if s is None or pd.isna(s) else int(s)
+    return int(from_step)
+
+
+def algorithm_summary(shares: pd.DataFrame, from_step: int | Mapping[str, int | None]) -> pd.DataFrame:
     """Per model and group: the share at the last checkpoint and its minimum, mean and maximum from ``from_step``
-    on (the paper: once formed, the algorithm's shares stay high)."""
-    d = shares[shares["step"] >= from_step].assign(percent=lambda x: x["percent"] + 0.0)
+    on (the paper: once formed, the algorithm's shares stay high). ``from_step``: one step, or a step per model
+    (e.g. the upper end of IOI's emergence interval, :func:`circuittrack.stats.emergence.window_starts`); a model
+    without one (IOI never emerges) has a row per group with no checkpoints."""
+    d = shares.assign(percent=shares["percent"] + 0.0)
     rows = []
     for (model, group), g in d.groupby(["model", "group"], sort=False):
-        g = g.sort_values("step")
-        rows.append({"model": model, "group": group, "final %": float(g["percent"].iloc[-1]),
-                     "min %": float(g["percent"].min()), "mean %": float(g["percent"].mean()),
-                     "max %": float(g["percent"].max()), "checkpoints": len(g),
+        start = _start(from_step, model)
+        g = g[g["step"] >= start].sort_values("step") if start is not None else g.iloc[0:0]
+        if g.empty:
+            rows.append({"model": model, "group": group, "from step": start, "checkpoints": 0})
+            continue
+        rows.append({"model": model, "group": group, "from step": start, "checkpoints": len(g),
+                     "final %": float(g["percent"].iloc[-1]), "min %": float(g["percent"].min()),
+                     "mean %": float(g["percent"].mean()), "max %": float(g["percent"].max()),
                      "final heads": g["heads"].iloc[-1] or "-"})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=["model", "group", "from step", "checkpoints", "final %", "min %", "mean %",
+                                      "max %", "final heads"])
+    return out.astype({"from step": "Int64"})
 
 
-def turnover(ioi_heads: pd.DataFrame, role: str, from_step: int) -> pd.DataFrame:
-    """Per model: how often the set of heads in ``role`` changes between consecutive checkpoints from
-    ``from_step`` on, and how many distinct heads fill it (the paper: the heads carrying a role change)."""
-    d = ioi_heads[(ioi_heads["step"] >= from_step) & ioi_heads[role].astype(bool)]
-    steps = ioi_heads[ioi_heads["step"] >= from_step].groupby("model")["step"].unique()
+def window_text(from_step: int | Mapping[str, int | None], task: str = "IOI") -> str:
+    """Where each model's summaries start (Markdown), for a chapter's opening line."""
+    if not isinstance(from_step, Mapping):
+        return f"from step {int(from_step)} on"
+    parts = [f"{m} from step {s}" if s is not None else f"{m} never ({task} does not emerge)"
+             for m, s in from_step.items()]
+    return (f"after {task}'s emergence (from the upper end of its 95% bootstrap interval): " + ", ".join(parts))
+
+
+def role_name(roles: str | tuple[str, ...]) -> str:
+    """How a role (or a set of roles, e.g. :data:`DIRECT_ROLES`) is named in tables."""
+    if isinstance(roles, str):
+        return roles
+    return "name movers and copy suppressors (B)" if tuple(roles) == DIRECT_ROLES else " or ".join(roles)
+
+
+def turnover(ioi_heads: pd.DataFrame, role: str | tuple[str, ...],
+             from_step: int | Mapping[str, int | None]) -> pd.DataFrame:
+    """Per model: the heads filling ``role`` (one role, or a tuple: a head in any of them) at each checkpoint
+    from ``from_step`` on (one step, or a step per model; a model without one is skipped), how often that set
+    changes between consecutive checkpoints, how many distinct heads fill it, and the sets at the window's first
+    and last checkpoints (the paper: the heads carrying a role change; a head that has joined or left between
+    the two has changed it for good)."""
+    roles = [role] if isinstance(role, str) else list(role)
+    filled = ioi_heads[roles].fillna(False).astype(bool).any(axis=1)
     rows = []
-    for model, all_steps in steps.items():
-        sets = [frozenset(d[(d["model"] == model) & (d["step"] == s)]["node"]) for s in sorted(all_steps)]
-        changes = sum(a != b for a, b in zip(sets, sets[1:]))
-        rows.append({"model": model, "role": role, "checkpoints": len(sets), "changes": changes,
-                     "distinct heads": len(frozenset().union(*sets)) if sets else 0})
-    return pd.DataFrame(rows)
+    for model, m in ioi_heads.groupby("model", sort=False):
+        start = _start(from_step, model)
+        if start is None:
+            continue
+        steps = sorted(s for s in m["step"].unique() if s >= start)
+        sets = [frozenset(m.loc[(m["step"] == s) & filled.loc[m.index], "node"]) for s in steps]
+        rows.append({"model": model, "role": role_name(role), "from step": start, "checkpoints": len(sets),
+                     "changes": sum(a != b for a, b in zip(sets, sets[1:])),
+                     "distinct heads": len(frozenset().union(*sets)) if sets else 0,
+                     "first step": int(steps[0]) if steps else None,
+                     "first heads": ", ".join(sorted(sets[0])) if sets else "",
+                     "last step": int(steps[-1]) if steps else None,
+                     "last heads": ", ".join(sorted(sets[-1])) if sets else ""})
+    out = pd.DataFrame(rows, columns=["model", "role", "from step", "checkpoints", "changes", "distinct heads",
+                                      "first step", "first heads", "last step", "last heads"])
+    return out.astype({"from step": "Int64", "first step": "Int64", "last step": "Int64"})
+
+
+def floor_texts(grid=None) -> tuple[str, str]:
+    """The two floors beyond the paper, in words: (copy suppression's KL floor, S-inhibition's change size), with
+    the values of ``grid``'s ``ioi_algorithm`` jobs (default: the analysis's defaults)."""
+    p = {"cspa_min_kl": CSPA_MIN_KL, "cspa_min_kl_share": CSPA_MIN_KL_SHARE,
+         "s_inhibition_min_change": S_INHIBITION_MIN_CHANGE}
+    for job in getattr(grid, "jobs", ()):
+        if job.analysis == "ioi_algorithm":
+            p.update({k: job.params[k] for k in p if job.params.get(k) is not None})
+            break
+    kl = (f"the KL of mean-ablating its direct path (what CSPA divides by) is >= {p['cspa_min_kl']:g} nats and >= "
+          f"{p['cspa_min_kl_share']:.0%} of the strongest head's at that checkpoint")
+    size = (f"each change at least {p['s_inhibition_min_change']:.0%} of its clean value (the logit difference; "
+            "the receivers' attention to IO + S1)")
+    return kl, size
+
+
+def role_rules(grid=None) -> pd.DataFrame:
+    """Every role's rule as the paper states it beside the rule this book applies (the same, or with the floor
+    that makes the role rest on a measurable effect). ``grid``: a narrowed grid whose ``ioi_algorithm`` jobs give
+    the floors (default: the analysis's defaults)."""
+    kl, size = floor_texts(grid)
+    copy, cspa, eff = f"{COPY_THRESHOLD:g}%", f"{CSPA_THRESHOLD:g}", f"{EFFECT_THRESHOLD:g}"
+    rows = [
+        ("name mover", f"copy score > {copy} and direct effect < 0", "the paper's"),
+        ("negative name mover", f"negative copy score > {copy} and a direct effect (|effect| > {eff})",
+         "the paper's"),
+        ("copy suppression", f"CSPA > {cspa} and direct effect < 0", f"the paper's, where {kl}"),
+        ("negative copy suppression", f"CSPA > {cspa} and direct effect > 0", f"the paper's, where {kl}"),
+        ("s-inhibition", f"path into the role heads' queries < -{eff}; name-swap position test: the logit "
+         "difference falls, attention to IO falls, to S1 rises", f"the paper's signs, {size}"),
+        ("induction/duplicate", f"path into the S-inhibition heads' values < -{eff} and an induction or "
+         "duplicate-token score above the mean over heads", "the paper's"),
+        ("Figure 2: copy suppression heads", f"CSPA >= {cspa}", f"the paper's, where {kl}"),
+    ]
+    return pd.DataFrame(rows, columns=["role", "paper's rule", "rule here"])
+
+
+def role_rules_text(grid=None) -> str:
+    """The two floors beyond the paper in one sentence (for captions and the claims table's reasons)."""
+    kl, size = floor_texts(grid)
+    return (f"a CSPA score counts (copy suppressors) only where {kl} (the paper: CSPA > {CSPA_THRESHOLD:g} alone); "
+            f"an S-inhibition head is confirmed only with {size} (the paper: the signs alone)")
 
 
 def greater_than_figure(mlps: pd.DataFrame, models: list[str]) -> alt.Chart:
@@ -258,14 +380,17 @@ def crossing_summary(crossings: pd.DataFrame) -> str:
         if got.empty:
             best = ", ".join(f"{m} {h} {s:.2f}" for m, h, s in zip(d["model"], d["final best head"],
                                                                      d["final best score"]) if h is not None)
-            lines.append(f"- **{t}**: no head reaches {d['threshold'].iloc[0]:g} in any model (best at the last "
-                         f"checkpoint: {best or 'none'}).")
+            floor = " with a measurable mean-ablation KL" if t == "Copy suppression heads" else ""
+            lines.append(f"- **{t}**: no head reaches {d['threshold'].iloc[0]:g}{floor} in any model (best at the "
+                         f"last checkpoint: {best or 'none'}).")
             continue
         found = ", ".join(f"{m} from step {int(s)} ({h})" for m, s, h in
                           zip(got["model"], got["first step"], got["first head"]))
         missing = [m for m in d["model"] if m not in set(got["model"])]
         lines.append(f"- **{t}** (threshold {d['threshold'].iloc[0]:g}): {found}"
                      + (f"; none in {', '.join(missing)}" if missing else "") + ".")
+    if "Copy suppression heads" in set(crossings["head type"]):
+        lines.append(f"\nA CSPA score counts here only where {floor_texts()[0]} (the paper: CSPA alone).")
     return "\n".join(lines)
 
 
@@ -290,6 +415,7 @@ def top_direct_heads(ioi_heads: pd.DataFrame, n: int = 3) -> pd.DataFrame:
     """Per model, at its last checkpoint: the ``n`` heads with the largest direct effect on the IOI logit
     difference (most negative: patching them removes most of it), with the scores that decide their role."""
     last = ioi_heads[ioi_heads["step"] == ioi_heads.groupby("model")["step"].transform("max")]
-    cols = ["model", "step", "node", "direct_effect", "copy", "negative_copy", "cspa"]
+    cols = ["model", "step", "node", "direct_effect", "copy", "negative_copy", "cspa", "cspa_kl_mean_ablation",
+            "cspa_measurable"]
     top = last.sort_values("direct_effect").groupby("model", sort=False).head(n)
     return top[[c for c in cols if c in top]].sort_values(["model", "direct_effect"]).reset_index(drop=True)

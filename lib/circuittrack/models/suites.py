@@ -24,6 +24,7 @@ from circuittrack.toy.config import (
     TOY_EDITION,
     TOY_MODELS,
     TOY_SCHEDULE,
+    TOY_SEQ_LEN,
     TOY_TOKENS_PER_STEP,
     TOY_VOCAB_SIZE,
     parse_variant,
@@ -31,6 +32,7 @@ from circuittrack.toy.config import (
 )
 
 PYTHIA_TOKENS_PER_STEP = 2_097_152  # 1024 sequences x 2048 tokens
+PYTHIA_SEQ_LEN = 2048  # tokens per training sequence
 
 #: The 154 Pythia checkpoints: step 0, 1, 2, 4, ..., 512, then 1000..143000 every 1000.
 PYTHIA_STEPS: tuple[int, ...] = (0,) + tuple(2**i for i in range(10)) + tuple(range(1000, 143001, 1000))
@@ -77,6 +79,8 @@ class ModelSpec:
     d_mlp: int = 0
     vocab_size: int = 0
     context_length: int = 2048
+    #: tokens per training sequence (caps the induction probe: 2T <= it); 0: unknown, the model's context is used
+    train_seq_len: int = 0
     edition: str = ""  # what fixes the weights beyond (model, step): the toy suite's edition; hub steps are fixed
     seed_of: str = ""  # a seed variant's main model (pythia-70m for pythia-70m-seed3); "" for a main model
     seed_kind: str = ""  # "seed" (initialisation and data order), "weight-seed" or "data-seed"; "" for seed 0
@@ -145,7 +149,8 @@ class Suite:
         if key not in self.models and self.name == "hf" and "/" in key:
             pythia_like = key.startswith("EleutherAI/pythia-")  # seed / dropout variants share Pythia's batches
             return ModelSpec(name=key, hf_id=key, n_params=0, n_layers=0, n_heads=0, d_model=0, steps=(),
-                             tokens_per_step=PYTHIA_TOKENS_PER_STEP if pythia_like else 0)
+                             tokens_per_step=PYTHIA_TOKENS_PER_STEP if pythia_like else 0,
+                             train_seq_len=PYTHIA_SEQ_LEN if pythia_like else 0)
         if key not in self.models:
             raise InvalidInput(f"suite {self.name!r} has no model {name!r}; valid models: {self.model_choices()}")
         return self.models[key]
@@ -218,7 +223,7 @@ def _pythia_suite() -> Suite:
         suite.models[name] = ModelSpec(
             name=name, hf_id=f"EleutherAI/{name}", n_params=params, n_layers=layers, n_heads=heads,
             d_model=d, d_mlp=4 * d, vocab_size=50304, steps=PYTHIA_STEPS, tokens_per_step=PYTHIA_TOKENS_PER_STEP,
-            seed_of=seed_of, seed_kind=kind, seed=seed)
+            train_seq_len=PYTHIA_SEQ_LEN, seed_of=seed_of, seed_kind=kind, seed=seed)
 
     for size in _PYTHIA_SHAPES:  # each size's seeds right after it, so grids sort runs by size
         for suffix in ("", "-deduped"):
@@ -238,6 +243,7 @@ def toy_model_spec(name: str) -> ModelSpec:
     return ModelSpec(name=name, hf_id=name, n_params=shape.n_params(), n_layers=shape.n_layers,
                      n_heads=shape.n_heads, d_model=shape.d_model, d_mlp=shape.d_mlp, vocab_size=TOY_VOCAB_SIZE,
                      steps=TOY_SCHEDULE, tokens_per_step=TOY_TOKENS_PER_STEP, context_length=TOY_CONTEXT,
+                     train_seq_len=TOY_SEQ_LEN,
                      edition=f"toy-{TOY_EDITION}", seed_of=variant.base if variant.kind else "",
                      seed_kind=variant.kind, seed=variant.seed)
 

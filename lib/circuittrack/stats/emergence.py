@@ -6,6 +6,9 @@
   Every checkpoint is evaluated on the same seeded examples, so an example is resampled at all checkpoints at
   once (a paired bootstrap): the interval reflects which prompts were drawn, not checkpoint-to-checkpoint noise
   that the data do not have.
+* :func:`emergence_windows`: per model and task, the point, its interval and the first step after emergence (the
+  interval's upper end), from which the claims about an emerged ability (the IOI algorithm persists, circuit size
+  fluctuates, the heads in a role change) are judged.
 * :func:`size_versus_seed`: given emergence points of several seeds per model size, the spread within sizes
   (seeds), between sizes, and a permutation test of whether sizes differ by more than seeds do.
 
@@ -132,3 +135,54 @@ def _ratio(values: np.ndarray, labels: np.ndarray, k: int) -> float:
     if within == 0:
         return np.inf if between > 0 else 0.0
     return between / within
+
+
+WINDOW_COLUMNS = ["model", "task", "step", "low", "high", "start", "from", "final_metric"]
+
+
+def emergence_windows(metrics: pd.DataFrame, examples: pd.DataFrame | None = None, models=None,
+                      fraction: float = 0.5, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Per model and task: the emergence point of the task metric (``metrics``: the ``behaviour/metrics`` table),
+    its paired-bootstrap interval over the task's examples (``examples``: the ``behaviour/examples`` table) and
+    ``start``, the first step of the checkpoints *after* emergence that the claims about an emerged ability are
+    judged on: the interval's upper end (in 97.5% of resamples the ability has emerged by then), or the point
+    itself where no per-example table covers every checkpoint (``from`` says which: ``"interval"`` or
+    ``"point"``). ``step``, ``low``, ``high`` and ``start`` are NaN where the final metric is not positive (the
+    model does not do the task). Rows in the order of ``models`` (e.g. the suite's, smallest first) if given."""
+    per = per_example_matrix(examples)
+    rows = []
+    for (model, task), d in metrics.groupby(["model", "task"], sort=False):
+        d = d.sort_values("step")
+        steps = d["step"].to_numpy()
+        point = emergence_point(steps, d["metric"].to_numpy(float), fraction)
+        low = high = None
+        x = per.get((model, task))
+        if point is not None and x is not None and list(x.index) == list(steps) and x.shape[1] >= 2:
+            e = bootstrap_emergence(steps, x.to_numpy(float), fraction, n_boot, level, seed)
+            low, high = e.low, e.high
+        start = None if point is None else max(point, high) if high is not None else point
+        rows.append({"model": model, "task": task, "step": point, "low": low, "high": high, "start": start,
+                     "from": None if point is None else "interval" if high is not None else "point",
+                     "final_metric": float(d["metric"].iloc[-1])})
+    out = pd.DataFrame(rows, columns=WINDOW_COLUMNS)
+    if models is not None:
+        rank = {m: i for i, m in enumerate(models)}
+        out = out.iloc[np.argsort(out["model"].map(lambda m: rank.get(m, len(rank))).to_numpy(), kind="stable")]
+    return out.astype({c: "Int64" for c in ("step", "low", "high", "start")}).reset_index(drop=True)
+
+
+def window_starts(windows: pd.DataFrame, task: str) -> dict[str, int | None]:
+    """model -> the first step after ``task``'s emergence (:func:`emergence_windows`; None: never emerges)."""
+    d = windows[windows["task"] == task]
+    return {m: (None if pd.isna(s) else int(s)) for m, s in zip(d["model"], d["start"])}
+
+
+def per_example_matrix(examples: pd.DataFrame | None) -> dict[tuple[str, str], pd.DataFrame]:
+    """(model, task) -> [steps x examples] metric matrix, steps ascending, examples present at every step."""
+    if examples is None or examples.empty:
+        return {}
+    out = {}
+    for key, d in examples.groupby(["model", "task"], sort=False):
+        wide = d.pivot_table(index="step", columns="example", values="metric", aggfunc="first").sort_index()
+        out[key] = wide.dropna(axis=1)
+    return out

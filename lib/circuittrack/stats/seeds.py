@@ -15,7 +15,13 @@ import numpy as np
 import pandas as pd
 
 from circuittrack.errors import InvalidInput
-from circuittrack.stats.emergence import bootstrap_emergence, crossing_index, emergence_index, size_versus_seed
+from circuittrack.stats.emergence import (
+    bootstrap_emergence,
+    crossing_index,
+    emergence_index,
+    per_example_matrix,
+    size_versus_seed,
+)
 
 POINT_COLUMNS = ["what", "kind", "size", "model", "seed", "step", "tokens", "low_tokens", "high_tokens",
                  "undefined_share", "final"]
@@ -31,7 +37,7 @@ def behaviour_points(metrics: pd.DataFrame, examples: pd.DataFrame | None, runs:
     ``runs`` maps each model to (size, seed). One row per task and run: :data:`POINT_COLUMNS` (``what`` is the
     task; ``final`` the metric at the last checkpoint)."""
     rows = []
-    per_example = _per_example(examples)
+    per_example = per_example_matrix(examples)
     for (model, task), d in metrics.groupby(["model", "task"], sort=False):
         if model not in runs:
             continue
@@ -128,17 +134,6 @@ def verdict(row: pd.Series | dict) -> str:
                 "apart)")
     return (f"size differences are within seed variation (p = {row['p_value']:.2f}; size medians "
             f"{row['size_fold']:.1f}x apart)")
-
-
-def _per_example(examples: pd.DataFrame | None) -> dict[tuple[str, str], pd.DataFrame]:
-    """(model, task) -> [steps x examples] metric matrix, steps ascending (complete rows only)."""
-    if examples is None or examples.empty:
-        return {}
-    out = {}
-    for key, d in examples.groupby(["model", "task"], sort=False):
-        wide = d.pivot_table(index="step", columns="example", values="metric", aggfunc="first").sort_index()
-        out[key] = wide.dropna(axis=1)
-    return out
 
 
 def _point(steps: np.ndarray, values: np.ndarray, fraction: float) -> int | None:

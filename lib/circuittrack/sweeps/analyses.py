@@ -266,7 +266,8 @@ def _compute_head_scores(checkpoint, params: dict) -> pd.DataFrame:
     from circuittrack.components.successor import successor_scores
     from circuittrack.tasks.registry import get_task
 
-    scores = induction_scores(checkpoint.model, length=params["length"], batch=params["batch"], seed=params["seed"])
+    scores = induction_scores(checkpoint.model, length=params["length"], batch=params["batch"], seed=params["seed"],
+                              train_seq_len=checkpoint.spec.train_seq_len or None)
     succ = successor_scores(checkpoint.model, checkpoint.tokenizer)
     ioi = get_task("ioi")
     names = _task_data(checkpoint, "ioi", {"n": ioi.default_n, "seed": ioi.default_seed})
@@ -298,14 +299,22 @@ def _heads(checkpoint, task, params: dict) -> dict[str, pd.DataFrame]:
     return {"scores": _head_scores(checkpoint, params)}
 
 
+#: What the stored head scores mean. Version 2: the paper's literal readings (induction scores over the whole
+#: diagonal with 2T <= the training sequence length, successor ties count, copy scores on TransformerLens-processed
+#: weights); version 1 (no parameter) was our earlier readings. As a resolved parameter it enters every heads and
+#: ioi_algorithm job's store key, so results stored under version 1 are never read as current.
+HEAD_SCORES_VERSION = 2
+
 _HEAD_PARAMS = (
     Param("length", (int,), 100, "random tokens per sequence before the repeat (the paper: 100; cut to half the "
-          "context)"),
+          "training sequence length)"),
     Param("batch", (int,), 2, "sequences (the paper: 2)"),
     Param("seed", (int,), 0, "seed of the random tokens (the paper's are unseeded)"),
     Param("cspa", (bool,), True, "also the CSPA (copy suppression) score: 17 x 61 tokens of text, means from 100"),
     Param("cspa_text", (str,), "toy-corpus", "CSPA text: toy-corpus (held-out toy documents) or a local .txt/.jsonl "
           "file, e.g. an OpenWebText export as in the paper"),
+    Param("scores_version", (int,), HEAD_SCORES_VERSION, "what the head scores mean (only the current version is "
+          "computed)", allowed=(HEAD_SCORES_VERSION,)),
 )
 
 register(Analysis(
@@ -321,14 +330,22 @@ def _ioi_algorithm(checkpoint, task, params: dict) -> dict[str, pd.DataFrame]:
 
     ioi = get_task("ioi")
     data = _task_data(checkpoint, "ioi", {"n": params["n"] or ioi.default_n, "seed": ioi.default_seed})
-    return ioi_algorithm(checkpoint.model, data, _head_scores(checkpoint, params), batch_size=params["batch_size"])
+    return ioi_algorithm(checkpoint.model, data, _head_scores(checkpoint, params), batch_size=params["batch_size"],
+                         cspa_min_kl=float(params["cspa_min_kl"]), cspa_min_kl_share=float(params["cspa_min_kl_share"]),
+                         s_inhibition_min_change=float(params["s_inhibition_min_change"]))
 
 
 register(Analysis(
     "ioi_algorithm", "path patching of the IOI algorithm: name movers, copy suppressors, S-inhibition and "
     "induction/duplicate heads and the share of the IOI effect each group's paths carry (Figure 4)", False,
     _HEAD_PARAMS + (Param("n", (int,), None, "IOI examples (default: the task's, 70 as in the paper)"),
-                    Param("batch_size", (int, str), AUTO, "examples per pass, or auto")),
+                    Param("batch_size", (int, str), AUTO, "examples per pass, or auto"))
+    + (Param("cspa_min_kl", (float, int), 0.001, "a CSPA score counts (copy suppressors) only where mean-ablating "
+             "the head's direct path moves the output by at least this KL in nats (beyond the paper)"),
+       Param("cspa_min_kl_share", (float, int), 0.05, "... and by at least this share of the largest such KL "
+             "among the checkpoint's heads (beyond the paper)"),
+       Param("s_inhibition_min_change", (float, int), 0.02, "the position test confirms an S-inhibition head only "
+             "where each change reaches this share of its clean value (the paper: signs only)")),
     _ioi_algorithm, tables=("heads", "shares")))
 
 

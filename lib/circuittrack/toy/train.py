@@ -30,6 +30,7 @@ from circuittrack import paths
 from circuittrack.errors import InvalidInput
 from circuittrack.toy import config as C
 from circuittrack.toy.corpus import Heldout, corpus_text, documents
+from circuittrack.toy.step import lm_loss
 from circuittrack.toy.tokenizer import save_tokenizer, train_tokenizer
 
 MANIFEST = "manifest.json"
@@ -53,6 +54,7 @@ class TrainSettings:
     edition: int = C.TOY_EDITION  # what the corpus and trainer code are (toy/config.py)
     rotary_pct: float = 0.5
     tokenizer_chars: int = 2_000_000  # corpus sample the BPE is trained on
+    compute_dtype: str = "bfloat16"  # matrix products of the training step (parameters and Adam stay float32)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.schedule if not 0 <= s <= self.steps]
@@ -185,6 +187,7 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=peak, betas=(0.9, 0.95))
     schedule = set(settings.schedule)
+    compute_dtype = getattr(torch, settings.compute_dtype)
     losses: dict[int, float] = {}
     t0 = time.time()
 
@@ -203,8 +206,7 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
     for step in range(settings.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, peak, settings)
-        batch = batches[step]
-        loss = model(batch, labels=batch).loss
+        loss = lm_loss(model, batches[step], compute_dtype)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
