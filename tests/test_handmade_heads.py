@@ -238,19 +238,24 @@ def copy_model(shift: int = 0, seed: int = 0):
     return model
 
 
-def ioi_data(seed: int = 0) -> TaskData:
-    """IOI-shaped prompts ``f IO f S f f S f`` (f: random fillers); each name is IO once and S once."""
+def ioi_prompts(names: torch.Tensor, fillers: torch.Tensor, length: int = 8, seed: int = 0) -> TaskData:
+    """IOI-shaped prompts ``f IO f S f f S f ...`` of ``length`` tokens (f: random ``fillers``); each of ``names``
+    is IO once and S once."""
     g = torch.Generator().manual_seed(seed)
-    n = len(NAMES)
-    clean = torch.tensor(FILLERS)[torch.randint(len(FILLERS), (n, 8), generator=g)]
+    n = len(names)
+    clean = fillers[torch.randint(len(fillers), (n, length), generator=g)]
     io, s = torch.arange(n), (torch.arange(n) + 7) % n
-    names = torch.tensor(NAMES)
     clean[:, 1], clean[:, 3], clean[:, 6] = names[io], names[s], names[s]
     sign = torch.zeros(n, n)
     sign[torch.arange(n), io], sign[torch.arange(n), s] = 1.0, -1.0
     return TaskData(task="ioi", metric_kind="logit_diff", clean=clean, corrupted=clean.clone(),
-                    lengths=torch.full((n,), 8), answer_pos=torch.full((n,), 7), answer_tokens=names,
+                    lengths=torch.full((n,), length), answer_pos=torch.full((n,), length - 1), answer_tokens=names,
                     answer_sign=sign)
+
+
+def ioi_data(seed: int = 0) -> TaskData:
+    """IOI-shaped prompts over the word tokenizer's names and fillers."""
+    return ioi_prompts(torch.tensor(NAMES), torch.tensor(FILLERS), 8, seed)
 
 
 def test_handmade_copying_and_negative_copying_heads_score_100():

@@ -28,7 +28,7 @@ from circuittrack.components.successor import SEQUENCES, successor_scores
 from circuittrack.models.arch import get_arch
 from circuittrack.tasks.data import TaskData
 from conftest import make_gpt2, make_neox
-from test_handmade_heads import WordTokenizer, copy_model, ioi_data
+from test_handmade_heads import WordTokenizer, copy_model, ioi_data, ioi_prompts
 
 MAKERS = {"neox-parallel": lambda **kw: make_neox(**kw),
           "neox-sequential": lambda **kw: make_neox(parallel=False, **kw),
@@ -125,16 +125,7 @@ def paper_copy_score(bridge, data: TaskData, neg: bool, decode=None) -> torch.Te
 
 def ioi_shaped(vocab: int, n: int = 30, seed: int = 0) -> TaskData:
     """IOI-shaped prompts ``f IO f S f f S f f`` over a random model's vocabulary (names in its upper half)."""
-    g = torch.Generator().manual_seed(seed)
-    names, fillers = torch.arange(vocab // 2, vocab // 2 + n), torch.arange(3, 13)
-    clean = fillers[torch.randint(len(fillers), (n, 9), generator=g)]
-    io, s = torch.arange(n), (torch.arange(n) + 7) % n
-    clean[:, 1], clean[:, 3], clean[:, 6] = names[io], names[s], names[s]
-    sign = torch.zeros(n, n)
-    sign[torch.arange(n), io], sign[torch.arange(n), s] = 1.0, -1.0
-    return TaskData(task="ioi", metric_kind="logit_diff", clean=clean, corrupted=clean.clone(),
-                    lengths=torch.full((n,), 9), answer_pos=torch.full((n,), 8), answer_tokens=names,
-                    answer_sign=sign)
+    return ioi_prompts(torch.arange(vocab // 2, vocab // 2 + n), torch.arange(3, 13), 9, seed)
 
 
 # ----- induction, duplicate-token, previous-token ---------------------------------------------------------------
@@ -287,18 +278,24 @@ def test_processed_weights_equal_transformer_lens(kind):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def assert_copy_scores_equal_the_papers(model, data: TaskData):
+    """Our copy and negative copy scores of every head equal the paper's code on the TransformerLens model."""
+    with torch.no_grad():
+        bridge = tl_bridge(model)
+        want_copy, want_neg = paper_copy_score(bridge, data, False), paper_copy_score(bridge, data, True)
+    df = copy_scores(model, data)
+    assert torch.equal(torch.tensor(df["copy"].to_numpy()).view(want_copy.shape), want_copy)
+    assert torch.equal(torch.tensor(df["negative_copy"].to_numpy()).view(want_neg.shape), want_neg)
+    return df
+
+
 @pytest.mark.parametrize("kind", list(MAKERS))
 def test_copy_scores_equal_the_papers_compute_copy_score(kind):
     """The same percentages as the paper's code on the TransformerLens-processed model, for every head and both
     signs; our earlier reading (LayerNorms applied, logits negated) gives other numbers on this model."""
     model = MAKERS[kind](vocab=200, init=0.5, seed=8)
     data = ioi_shaped(200)
-    with torch.no_grad():
-        bridge = tl_bridge(model)
-        want_copy, want_neg = paper_copy_score(bridge, data, False), paper_copy_score(bridge, data, True)
-    df = copy_scores(model, data)
-    assert torch.equal(torch.tensor(df["copy"].to_numpy()).view(2, 4), want_copy)
-    assert torch.equal(torch.tensor(df["negative_copy"].to_numpy()).view(2, 4), want_neg)
+    df = assert_copy_scores_equal_the_papers(model, data)
     old = copy_scores(model, data, reading="ours")
     assert (old[["copy", "negative_copy"]].to_numpy() != df[["copy", "negative_copy"]].to_numpy()).any()
 
@@ -314,12 +311,7 @@ def test_a_copying_head_under_a_large_final_layer_norm_bias():
     with torch.no_grad():
         model.transformer.ln_f.bias[[10, 11, 12, 13, 14]] = 5.0
     data = ioi_data()
-    with torch.no_grad():
-        bridge = tl_bridge(model)
-        want_copy, want_neg = paper_copy_score(bridge, data, False), paper_copy_score(bridge, data, True)
-    df = copy_scores(model, data)
-    assert torch.equal(torch.tensor(df["copy"].to_numpy()).view(2, 4), want_copy)
-    assert torch.equal(torch.tensor(df["negative_copy"].to_numpy()).view(2, 4), want_neg)
+    df = assert_copy_scores_equal_the_papers(model, data)
     df = df.set_index("node")
     assert df.loc["a1.h0", "copy"] == 0.0 and df.loc["a1.h1", "negative_copy"] == 0.0
     old = copy_scores(model, data, reading="ours").set_index("node")

@@ -307,7 +307,11 @@ def component_rows(timing: pd.DataFrame, suite: str | None = None) -> list[dict]
             why = (f"needs a model with {r['head type'].lower()}: {known}" if known else
                    f"needs a model that grows {r['head type'].lower()} (no head reaches the threshold{floor} by "
                    f"its last checkpoint), e.g. the paper's Pythia models ({PAPER_SUITE})")
-            rows.append(_row(claim, item, paper, "no head crosses the threshold", "not comparable", why))
+            best = r.get("final best score")
+            ours = (f"no head reaches {r['threshold']:g} (best {r['final best head']}: {best:.2f} at the last "
+                    "checkpoint)" if best is not None and pd.notna(best) and "threshold" in r else
+                    "no head crosses the threshold")
+            rows.append(_row(claim, item, paper, ours, "not comparable", why))
             continue
         if half is None or pd.isna(half):
             rows.append(_row(claim, item, paper, f"head at step {int(first)}", "not comparable",
@@ -383,7 +387,8 @@ def reference_caption(sizes: pd.DataFrame, from_step: int) -> str:
     pythia = any(m in PAPER_MEAN_NODES for m in counts.index)
     return ("**Reference numbers, not verdicts: mean circuit size (nodes).** The paper's values exist only for "
             "its Pythia models (mean over checkpoints >= 1,000, from its plotting code); this run's are the mean "
-            f"node count of the circuits found from step {from_step} on (checkpoints with a circuit per task: "
+            f"node count of the circuits found from step {from_step} on (the paper's step 1,000 of 143,000 at the "
+            f"same fraction of training; checkpoints with a circuit per task: "
             f"{ours or 'none'}). "
             + ("Where a Pythia model is in both, the last columns give this run's over the paper's."
                if pythia else "The toy models are not Pythia: set their sizes beside the paper's only for scale."))

@@ -230,11 +230,14 @@ def final_roles(ioi_heads: pd.DataFrame, roles: tuple[str, ...]) -> pd.DataFrame
 
 def emergence_comparison(crossings: pd.DataFrame, behaviour_emergence: pd.DataFrame) -> pd.DataFrame:
     """Per model and head type: the step its first head crosses the threshold beside the step the type's task
-    reaches half of its final metric (the paper: components emerge when the behaviour does)."""
+    reaches half of its final metric (the paper: components emerge when the behaviour does), and the best head at
+    the last checkpoint with its score and the type's threshold."""
     tasks = {t.name: t.task for t in HEAD_TYPES}
+    thresholds = {t.name: t.threshold for t in HEAD_TYPES}
     half = {(m, t): s for m, t, s in zip(behaviour_emergence["model"], behaviour_emergence["task"],
                                           behaviour_emergence["half_step"])}
-    out = crossings[["model", "head type", "first step", "first head"]].copy()
+    out = crossings[["model", "head type", "first step", "first head", "final best head", "final best score"]].copy()
+    out["threshold"] = out["head type"].map(thresholds)
     out["task"] = out["head type"].map(tasks)
     out["behaviour half step"] = pd.array([half.get((m, t)) for m, t in zip(out["model"], out["task"])],
                                           dtype="Int64")
