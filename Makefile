@@ -25,7 +25,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@echo "==> environment ready"
 
 ## toy: train the offline toy suite if it is not trained yet (cached; `circuittrack train-toy --force` redoes it);
-##      PROFILE=seeds also trains the seed variants (5 extra seeds of toy-s and toy-m, about 15 min on 2 cores)
+##      PROFILE=seeds also trains the seed variants (5 extra seeds of toy-s and toy-m, about 25 min on 2 cores)
 toy: venv
 	@echo "==> toy suite$(if $(filter seeds,$(PROFILE)), and its seed variants,)"
 	@$(VENV)/bin/circuittrack train-toy $(if $(filter seeds,$(PROFILE)),--seeds,)

@@ -61,10 +61,23 @@ def hf_ov(model, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
     return W_V, W_O
 
 
+def single_token(tokenizer):
+    """word -> the id of " " + word where it is one token, else None (the paper's code raises on such words:
+    every item is one token for Pythia's tokenizer; ours keeps the pairs of single-token neighbours)."""
+    if hasattr(tokenizer, "ids"):  # the hand-made word tokenizer
+        return lambda w: tokenizer.ids[" " + w]
+
+    def one(w):
+        ids = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        return ids[0] if len(ids) == 1 else None
+    return one
+
+
 def paper_successor_scores(model, tokenizer) -> torch.Tensor:
     """`get_successor_head_scores_over_time.py` on the unprocessed model: [L, H] accuracy."""
-    seqs = [[tokenizer.ids[" " + w] for w in items] for items in SEQUENCES.values()]
-    idxs = sorted({t for v in seqs for t in v})
+    token_of = single_token(tokenizer)
+    seqs = [[token_of(w) for w in items] for items in SEQUENCES.values()]
+    idxs = sorted({t for v in seqs for t in v if t is not None})
     pos = {t: i for i, t in enumerate(idxs)}
     L, H = model.config.num_hidden_layers, model.config.num_attention_heads
     W_E = model.get_input_embeddings().weight[idxs]
@@ -78,8 +91,11 @@ def paper_successor_scores(model, tokenizer) -> torch.Tensor:
                             "V_input hidden_input -> head V_input V_output")
         successes = []
         for v in seqs:
-            input_ids, target_ids = [pos[t] for t in v[:-1]], [pos[t] for t in v[1:]]
-            all_targets = [pos[t] for t in set(v)]
+            pairs = [(a, b) for a, b in zip(v[:-1], v[1:]) if a is not None and b is not None]
+            if not pairs:
+                continue
+            input_ids, target_ids = [pos[a] for a, _ in pairs], [pos[b] for _, b in pairs]
+            all_targets = [pos[t] for t in set(v) if t is not None]
             target_logits = vuw[:, input_ids, target_ids]
             all_targets_max_logits = vuw[:, input_ids][:, :, all_targets].max(-1).values
             successes.append(target_logits == all_targets_max_logits)
@@ -318,16 +334,56 @@ def test_a_copying_head_under_a_large_final_layer_norm_bias():
     assert old.loc["a1.h0", "copy"] == 100.0 and old.loc["a1.h1", "negative_copy"] == 100.0
 
 
-@pytest.mark.slow
-def test_copy_scores_of_a_trained_toy_checkpoint_equal_the_papers_code():
-    """toy-s final on the default IOI prompts: the paper's code on the TransformerLens-processed checkpoint, with
-    its decoded-string comparison, against ours (skipped when the toy suite is not trained)."""
-    from circuittrack import get_task, load_checkpoint
+@pytest.fixture(scope="module")
+def toy_s_final():
+    """toy-s at its last checkpoint (skipped when the toy suite is not trained)."""
+    from circuittrack import load_checkpoint
 
     try:
-        ck = load_checkpoint("toy", "toy-s", "final")
+        return load_checkpoint("toy", "toy-s", "final")
     except Exception as err:  # noqa: BLE001 - the suite may be absent or retraining
         pytest.skip(f"toy-s final not loadable: {err}")
+
+
+@pytest.mark.slow
+def test_induction_scores_of_a_trained_toy_checkpoint_equal_the_papers_code(toy_s_final):
+    """toy-s final: T = 32 (its 64-token training sequences), the literal diagonal means over an eager copy's
+    attention weights on the same repeated tokens."""
+    ck = toy_s_final
+    df = induction_scores(ck.model, length=100, batch=2, seed=0, train_seq_len=ck.spec.train_seq_len)
+    T = 32
+    assert ck.spec.train_seq_len == 64 and set(df["length"]) == {T}
+    original_tokens = torch.randint(100, ck.model.config.vocab_size, size=(2, T),
+                                    generator=torch.Generator().manual_seed(0))
+    eager = copy.deepcopy(ck.model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = eager(input_ids=einops.repeat(original_tokens, "batch seq_len -> batch (2 seq_len)"),
+                           output_attentions=True).attentions
+    want = paper_induction_scores(list(attentions), T)
+    L, H = ck.model.config.num_hidden_layers, ck.model.config.num_attention_heads
+    for name in ("induction", "duplicate", "previous"):
+        assert torch.allclose(torch.tensor(df[name].to_numpy()).view(L, H), want[name], atol=2e-6), name
+
+
+@pytest.mark.slow
+def test_successor_scores_of_a_trained_toy_checkpoint_equal_the_papers_code(toy_s_final):
+    """toy-s final with the toy tokenizer: the literal formula over the pairs of single-token neighbours."""
+    ck = toy_s_final
+    L, H = ck.model.config.num_hidden_layers, ck.model.config.num_attention_heads
+    with torch.no_grad():
+        want = paper_successor_scores(ck.model, ck.tokenizer)
+    got = torch.tensor(successor_scores(ck.model, ck.tokenizer)["successor"].to_numpy()).view(L, H)
+    assert torch.allclose(got, want, atol=1e-6) and got.max() > 0.2  # a successor-like head, well above chance
+
+
+@pytest.mark.slow
+def test_copy_scores_of_a_trained_toy_checkpoint_equal_the_papers_code(toy_s_final):
+    """toy-s final on the default IOI prompts: the paper's code on the TransformerLens-processed checkpoint, with
+    its decoded-string comparison, against ours (skipped when the toy suite is not trained)."""
+    from circuittrack import get_task
+
+    ck = toy_s_final
     data = get_task("ioi").make(ck.tokenizer)
     L, H = ck.model.config.num_hidden_layers, ck.model.config.num_attention_heads
     with torch.no_grad():
