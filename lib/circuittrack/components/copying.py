@@ -23,7 +23,7 @@ from torch import Tensor
 
 from circuittrack.components.ov import ov_outputs
 from circuittrack.components.processed import centred, processed_ov, processed_unembed
-from circuittrack.components.table import head_table
+from circuittrack.components.table import check_reading, head_table
 from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch
 from circuittrack.models.hooks import Hooks
@@ -32,7 +32,6 @@ from circuittrack.tasks.data import TaskData
 
 TOP_K = 5
 PAPER_THRESHOLD = 10.0  # percent
-READINGS = ("paper", "ours")
 
 
 def name_positions(data: TaskData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,8 +80,7 @@ def name_residual(model, data: TaskData) -> tuple[Tensor, Tensor]:
 def _prepare(model, data: TaskData, reading: str):
     """(adapter, residual after block 0 at the names [3N, d], names' ids [3N], what turns a head's output into
     logits: the processed (W_U [d, V], b_U [V]) for the paper's reading, (W_U, final LayerNorm) for ours)."""
-    if reading not in READINGS:
-        raise InvalidInput(f"unknown copy-score reading {reading!r}; valid: {', '.join(READINGS)}")
+    check_reading(reading, "copy-score")
     x, ids = name_residual(model, data)
     a = get_arch(model)
     unembed = processed_unembed(a) if reading == "paper" else (a.unembed_weight().float().T, a.ln_final())

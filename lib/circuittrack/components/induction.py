@@ -19,14 +19,13 @@ import pandas as pd
 import torch
 
 from circuittrack.components.patterns import attention_patterns
-from circuittrack.components.table import head_table
+from circuittrack.components.table import check_reading, head_table
 from circuittrack.errors import InvalidInput
 from circuittrack.models.runners import get_runner
 
 PAPER_LENGTH = 100
 PAPER_BATCH = 2
 PAPER_TOKEN_RANGE = (100, 20000)
-READINGS = ("paper", "ours")
 
 
 def repeated_random_tokens(vocab_size: int, length: int = PAPER_LENGTH, batch: int = PAPER_BATCH, seed: int = 0,
@@ -50,8 +49,7 @@ def diagonal_scores(patterns: torch.Tensor, length: int, reading: str = "paper")
     T = length
     if patterns.shape[-1] != 2 * T:
         raise InvalidInput(f"patterns cover {patterns.shape[-1]} positions, expected 2 x {T}")
-    if reading not in READINGS:
-        raise InvalidInput(f"unknown induction-score reading {reading!r}; valid: {', '.join(READINGS)}")
+    check_reading(reading, "induction-score")
     q = torch.arange(T, 2 * T, device=patterns.device)
 
     def diag(offset: int) -> torch.Tensor:

@@ -20,15 +20,13 @@ import pandas as pd
 import torch
 
 from circuittrack.components.ov import ov_outputs
-from circuittrack.components.table import head_table
-from circuittrack.errors import InvalidInput
+from circuittrack.components.table import check_reading, head_table
 from circuittrack.models.arch import get_arch
 from circuittrack.models.runners import get_runner
 from circuittrack.tasks import wordlists as W
 from circuittrack.tasks.prompts import encode_many
 
 SEQUENCES: dict[str, list[str]] = W.ORDINAL_SEQUENCES
-READINGS = ("paper", "ours")
 
 
 def sequence_tokens(tokenizer, prefix: str = " ") -> dict[str, list[int | None]]:
@@ -62,8 +60,7 @@ def head_logits(model, token_ids: torch.Tensor, vocab: torch.Tensor | None = Non
 
 def successor_scores(model, tokenizer, reading: str = "paper") -> pd.DataFrame:
     """One row per head: layer, head, node, successor score, and the number of pairs it rests on."""
-    if reading not in READINGS:
-        raise InvalidInput(f"unknown successor-score reading {reading!r}; valid: {', '.join(READINGS)}")
+    check_reading(reading, "successor-score")
     a = get_arch(model)
     tokens = sequence_tokens(tokenizer)
     pairs = successor_pairs(tokens)

@@ -5,6 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from circuittrack.errors import InvalidInput
+
+#: How a score is read: as the paper's code computes it, or our earlier reading (kept for comparison).
+READINGS = ("paper", "ours")
+
+
+def check_reading(reading: str, score: str) -> None:
+    """InvalidInput naming the valid readings unless ``reading`` is one of them."""
+    if reading not in READINGS:
+        raise InvalidInput(f"unknown {score} reading {reading!r}; valid: {', '.join(READINGS)}")
+
 
 def head_table(scores: dict[str, torch.Tensor], **constants) -> pd.DataFrame:
     """Columns layer, head, node, then each [L, H] score flattened layer-major, then the constant columns."""
