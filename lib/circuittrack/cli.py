@@ -256,7 +256,8 @@ def _grid_and_store(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from circuittrack.sweeps.run import check_evict, check_executor, plan, run_grid
+    from circuittrack.sweeps.plan import plan
+    from circuittrack.sweeps.run import check_evict, check_executor, run_grid
 
     grid, store = _grid_and_store(args)
     if args.jobs < 1:

@@ -22,13 +22,8 @@ from dataclasses import dataclass, field
 from circuittrack.progress import progress_bar
 from circuittrack.sweeps.analyses import get_analysis
 from circuittrack.sweeps.grid import Grid, Unit
+from circuittrack.sweeps.cost import unit_flops
 from circuittrack.sweeps.store import Store
-
-#: Rough sustained throughput for the dry run's time estimate (FLOP/s); an order of magnitude, not a promise.
-#: cpu: calibrated on the toy grid (this FLOP count includes embedding parameters, which cost little there):
-#: 3.4e14 counted FLOPs took 877 s of worker time (2 workers, 1 thread each); cuda: an assumed H100-class rate.
-THROUGHPUT = {"cpu": 4e11, "cuda": 5e13, "mps": 5e12}
-
 
 @dataclass
 class Status:
@@ -118,7 +113,7 @@ def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, exe
     if grid.suite == "toy":
         train_toy_models(todo, progress, jobs)
     if executor == "ray" or jobs > 1:  # parallel: the longest checkpoints first, so no worker idles at the end
-        todo.sort(key=_unit_flops, reverse=True)
+        todo.sort(key=unit_flops, reverse=True)
     bar = progress_bar(progress, len(todo), f"sweep {grid.name}", unit="checkpoint")
     ahead = _Prefetcher(todo if prefetch and grid.suite != "toy" and executor == "local" else [])
     if executor == "ray":
@@ -161,13 +156,6 @@ def train_toy_models(units: list[Unit], progress: bool = True, workers: int = 1)
             print(f"training toy model(s) {', '.join(needed)} first (about 2-4 minutes each per core)", flush=True)
         train_suite(needed, progress=progress, workers=workers)
     return needed
-
-
-def _unit_flops(unit: Unit) -> float:
-    from circuittrack.models.suites import get_suite
-
-    spec = get_suite(unit.suite).models[unit.model]
-    return sum(_job_flops(spec.n_params, j, spec.n_layers * spec.n_heads) for j in unit.jobs)
 
 
 def _ckpt(unit: Unit) -> tuple[str, int]:
@@ -323,60 +311,3 @@ def _fail(store: Store, report: Report, job, err: BaseException) -> None:
         traceback.format_exception_only(type(err), err)).strip()
     store.record_failure(job, text)
     report.failed.append((job.key, job.label(), text))
-
-
-# ----- the dry run ----------------------------------------------------------------------------------------------
-
-def plan(grid: Grid, store: Store) -> dict:
-    """What a run would do, without touching the network: units, jobs done and pending, checkpoints not in the
-    local Hugging Face cache and their size, and a rough time estimate."""
-    from circuittrack.models.hub_cache import is_cached
-    from circuittrack.models.suites import get_suite
-
-    st = status(grid, store)
-    pending_keys = {j.key for j in st.pending}
-    suite = get_suite(grid.suite)
-    downloads, download_bytes, flops = set(), 0, 0.0
-    device = grid.units[0].device.split(":")[0] if grid.units else "cpu"
-    for unit in grid.units:
-        pending = [j for j in unit.jobs if j.key in pending_keys]
-        if not pending:
-            continue
-        spec = suite.models[unit.model]
-        if grid.suite != "toy" and (unit.model, unit.step) not in downloads \
-                and not is_cached(grid.suite, unit.model, unit.step):
-            downloads.add((unit.model, unit.step))  # one download serves every dtype it is loaded in
-            download_bytes += 2 * spec.n_params  # Pythia checkpoints are stored in float16
-        for job in pending:
-            flops += _job_flops(spec.n_params, job, spec.n_layers * spec.n_heads)
-    to_train: list[str] = []
-    if grid.suite == "toy":
-        from circuittrack.toy.train import untrained_models
-
-        to_train = untrained_models(dict.fromkeys(u.model for u in grid.units if any(
-            j.key in pending_keys for j in u.jobs)))
-    return {"grid": grid.name, "suite": grid.suite, "units": len(grid.units), "jobs": len(grid.jobs),
-            "done": len(st.done), "pending": len(st.pending), "failed": len(st.failed),
-            "missing": len(st.missing), "to_train": to_train,
-            "models": sorted({u.model for u in grid.units}, key=lambda m: list(suite.models).index(m)),
-            "checkpoints_per_model": {m: sum(1 for u in grid.units if u.model == m)
-                                      for m in dict.fromkeys(u.model for u in grid.units)},
-            "to_download": len(downloads), "download_gb": round(download_bytes / 1e9, 1),
-            "estimate_hours": round(flops / THROUGHPUT.get(device, 3e10) / 3600, 2), "device": device}
-
-
-def _job_flops(n_params: int, job, heads: int = 144) -> float:
-    """2 N FLOPs per token forward, 3x with the backward; prompts taken as 20 tokens."""
-    n = job.params.get("n") or 100
-    tokens = 20 * n
-    if job.analysis == "circuit":
-        steps = job.params.get("ig_steps", 30)
-        search = 9 * 8 * 2  # ~9 evaluation calls of 8 circuits, ~2 forwards each
-        return 2 * n_params * tokens * (3 * (steps + 1) + search)
-    if job.analysis in ("heads", "ioi_algorithm"):
-        # CSPA: 100 mean + 17 scored sequences of 61 tokens, one vocabulary-wide KL per head (~2 forwards' worth)
-        cost = 2 * n_params * (117 * 61) * 3 if job.params.get("cspa", True) else 0.0
-        if job.analysis == "ioi_algorithm":  # path patching: ~2 passes per head on the 70 IOI prompts, 3 rounds
-            cost += 2 * n_params * 20 * (job.params.get("n") or 70) * 2 * heads * 3
-        return cost + 2 * n_params * 2 * 200
-    return 2 * n_params * tokens

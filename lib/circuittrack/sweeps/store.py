@@ -53,14 +53,23 @@ class Job:
     #: tables a stored result must hold to count as done (not part of the key): a result stored before its
     #: analysis wrote a table it now always writes is computed again, under the same key
     requires: tuple[str, ...] = field(default=(), hash=False, compare=False)
+    #: files the job reads, by role: ``"task"`` (a CSV task) or the name of a file-valued parameter
+    #: (``cspa_text``), each ``{"path": absolute path, "sha256": content digest, ...}`` (a CSV task also holds
+    #: ``metric_kind`` and ``default_seed``). The digests and extras enter the key, the paths do not (a file-valued
+    #: parameter's value in the key is ``"<file>"``): the same content anywhere gives the same key, other
+    #: content another key.
+    inputs: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def identity(self) -> dict:
         """What the key is a hash of."""
+        params = {k: ("<file>" if k in self.inputs else v) for k, v in self.params.items()}
         out = {"suite": self.suite, "model": self.model, "step": int(self.step), "task": self.task,
-               "analysis": self.analysis, "params": self.params, "store_version": STORE_VERSION}
+               "analysis": self.analysis, "params": params, "store_version": STORE_VERSION}
         if self.edition:
             out["edition"] = self.edition
+        if self.inputs:
+            out["inputs"] = {role: {k: v for k, v in d.items() if k != "path"} for role, d in self.inputs.items()}
         return out
 
     @property
@@ -70,6 +79,15 @@ class Job:
 
     def label(self) -> str:
         return f"{self.model} step {self.step} {self.analysis}" + (f" {self.task}" if self.task else "")
+
+
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a file's content (what a job that reads the file is keyed by)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class Store:
