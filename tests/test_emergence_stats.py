@@ -72,8 +72,8 @@ def test_behaviour_jobs_store_every_example_and_the_bootstrap_reads_them(tmp_pat
     grid.write_text("suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 64, 256, 3200]\ntasks: [ioi]\n"
                     "analyses: {behaviour: {}}\n")
     run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
-    metrics = load_results("behaviour", "metrics", root=tmp_path / "s").sort_values("step")
-    examples = load_results("behaviour", "examples", root=tmp_path / "s")
+    metrics = load_results("behaviour", "metrics", store=tmp_path / "s").sort_values("step")
+    examples = load_results("behaviour", "examples", store=tmp_path / "s")
     per = examples.pivot(index="step", columns="example", values="metric").sort_index()
     assert per.shape == (4, 70) and np.allclose(per.mean(1).to_numpy(), metrics["metric"].to_numpy(), atol=1e-5)
     e = bootstrap_emergence(per.index.to_numpy(), per.to_numpy(), n_boot=200)

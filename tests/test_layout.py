@@ -13,7 +13,8 @@ ROOT = Path(circuittrack.__file__).parent
 
 #: Data-flow order of the subpackages; a module may import its own stage, earlier stages and the shared modules.
 STAGES = ["toy", "models", "tasks", "circuits", "components", "sweeps", "stats", "figures", "book"]
-SHARED = {"circuittrack", "circuittrack.errors", "circuittrack.paths", "circuittrack.progress"}
+#: Shared by every stage: the errors, the paths, progress bars and the valid option values (checked before torch loads).
+SHARED = {"circuittrack", "circuittrack.errors", "circuittrack.paths", "circuittrack.progress", "circuittrack.options"}
 EXEMPT = {"circuittrack.cli", "circuittrack"}  # the command line and the lazy public API see everything
 #: The toy suite is trained on the tasks' sentence families and holds out their evaluation prompts, so its
 #: trainer reads the tasks; the models stage reads only ``toy.config`` (shapes and schedule).

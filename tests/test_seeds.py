@@ -198,7 +198,7 @@ def test_a_grid_over_seeds_runs_through_the_sweep_and_resumes(tmp_path):
     assert (len(first.computed), first.failed) == (4, [])
     again = run_grid(grid, store, progress=False)
     assert (again.skipped, again.computed) == (4, [])
-    m = load_results("behaviour", "metrics", root=store.root).set_index(["model", "step"])["metric"]
+    m = load_results("behaviour", "metrics", store=store.root).set_index(["model", "step"])["metric"]
     assert m["toy-s-seed1", 3200] > 0.3 and m["toy-s", 3200] > 0.3  # both seeds learn Greater-Than
     assert m["toy-s-seed1", 3200] != m["toy-s", 3200] and m["toy-s-seed1", 0] != m["toy-s", 0]
     manifest = json.loads((paths.toy_suite_dir() / "toy-s-seed1" / "manifest.json").read_text())

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from circuittrack.cli import main
+from circuittrack.models.suites import get_suite
 from circuittrack.sweeps.analyses import ANALYSES, Analysis, register
 from circuittrack.sweeps.grid import load_grid
 from circuittrack.sweeps.run import run_grid, status
@@ -106,9 +107,12 @@ def test_paper_grid_dry_run_lists_models_and_schedules_without_network(capsys, m
     exp_plus_detail = ({2 ** i for i in range(10)} | set(range(1000, 15001, 1000)) | set(range(15000, 65001, 5000))
                        | set(range(70000, 140001, 10000)))
     assert len(exp_plus_detail) == 43
-    # behaviour in fp16 on exp_plus_detail, circuits in bf16 every 1000, components in fp32 on the 28 sparse ones
-    assert per["pythia-70m"] == 43 + 143 + 28
-    assert per["pythia-2.8b"] == 43 + 28 + 28  # circuits on the sparse checkpoints too
+    # behaviour in fp16 on exp_plus_detail, circuits in bf16 every 1000, components in fp32 on the 28 sparse ones:
+    # each checkpoint counts once however many dtypes it is loaded in (the model has 154 checkpoints)
+    schedules = get_suite("pythia").schedules
+    assert per["pythia-70m"] == 153 == len(exp_plus_detail | set(schedules["late_start_all"]) | set(schedules["sparse"]))
+    assert p["dtypes_per_model"]["pythia-70m"] == 3 and p["units"] > sum(per.values())  # loads: checkpoint x dtype
+    assert per["pythia-2.8b"] == len(exp_plus_detail | set(schedules["sparse"]))
     assert p["pending"] == p["jobs"] and p["done"] == 0 and not (tmp_path / "store").exists()
     assert p["to_download"] > 0 and p["download_gb"] > 1000
 
@@ -130,7 +134,7 @@ def tables(root: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for analysis, names in (("behaviour", ("metrics",)), ("circuit", ("summary", "curve", "edges"))):
         for name in names:
-            df = load_results(analysis, name, root=root)
+            df = load_results(analysis, name, store=root)
             df = df.drop(columns=[c for c in df.columns if c.endswith("_seconds")])
             sort = [c for c in ("key", "n", "edge") if c in df.columns]
             out[f"{analysis}/{name}"] = df.sort_values(sort).reset_index(drop=True)
@@ -192,9 +196,11 @@ def test_a_failing_job_is_recorded_and_the_others_finish(capsys, tmp_path, monke
     st = status(load_grid(grid), Store(store))
     assert (len(st.done), len(st.failed)) == (9, 3)
     assert all("synthetic failure on sva" in e for _, e in st.failed)
-    assert len(load_results("behaviour", "metrics", root=store)) == 6
+    assert len(load_results("behaviour", "metrics", store=store)) == 6
     code, out, err = run_cli(capsys, "status", "--grid", str(grid), "--store", str(store))
-    assert code == 0 and "done 9, pending 3 (of which failed 3, checkpoint missing on the hub 0)" in out
+    assert code == 0 and "done 9, pending 3 (of which failed 3, damaged 0, checkpoint missing on the hub 0)" in out
+    assert "3 failed with: RuntimeError: synthetic failure on sva (e.g. toy-s step 0 boom sva" in out
+    code, out, err = run_cli(capsys, "status", "--grid", str(grid), "--store", str(store), "--verbose")
     assert out.count("FAILED") == 3
     report = run_grid(load_grid(grid), Store(store), progress=False)  # a rerun retries only the failures
     assert (report.skipped, len(report.computed), len(report.failed)) == (9, 0, 3)
@@ -205,16 +211,16 @@ def test_load_results_filters_and_the_tables_hold_what_the_docs_say(tmp_path):
     grid = toy_grid(tmp_path, "[3200]")
     report = run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
     assert len(report.computed) == 4 and not report.failed
-    summary = load_results("circuit", "summary", root=tmp_path / "s", task="ioi")
+    summary = load_results("circuit", "summary", store=tmp_path / "s", task="ioi")
     assert len(summary) == 1 and summary.loc[0, "status"] in ("reached", "not_reached")
     assert summary.loc[0, "tokens"] == 3200 * 2048 and summary.loc[0, "model"] == "toy-s"
-    edges = load_results("circuit", "edges", root=tmp_path / "s", task="ioi")
+    edges = load_results("circuit", "edges", store=tmp_path / "s", task="ioi")
     assert len(edges) == summary.loc[0, "circuit_edges"] and (edges["greedy_rank"] < 40).all()
-    curve = load_results("circuit", "curve", root=tmp_path / "s", task=["ioi", "sva"])
+    curve = load_results("circuit", "curve", store=tmp_path / "s", task=["ioi", "sva"])
     assert set(curve["task"]) == {"ioi", "sva"} and curve["n"].min() == 1
-    assert load_results("behaviour", "metrics", root=tmp_path / "s", task="nope").empty
+    assert load_results("behaviour", "metrics", store=tmp_path / "s", task="nope").empty
     with pytest.raises(ValueError, match="no column 'colour'"):
-        load_results("behaviour", "metrics", root=tmp_path / "s", colour="red")
+        load_results("behaviour", "metrics", store=tmp_path / "s", colour="red")
     assert "scores" not in {p.stem for p in (tmp_path / "s").glob("circuit/*/*.parquet")}  # optional, off
 
 
@@ -286,7 +292,7 @@ def test_evict_removes_each_hub_checkpoint_once_its_jobs_are_stored(tmp_path):
     out = json.loads(run.stdout)
     assert (out["computed"], out["failed"], out["evicted"]) == (2, [], 2)
     assert blobs_before == 6 and not repo.exists()  # 5 + 5 files, all but the weights shared
-    metrics = load_results("behaviour", "metrics", root=store)
+    metrics = load_results("behaviour", "metrics", store=store)
     assert sorted(metrics["step"]) == [1, 2] and set(metrics["model"]) == {"pythia-70m"}
     # the dry run now sees both checkpoints missing from the cache (two downloads, no network touched)
     rm = subprocess.run(sweep_cmd(grid, tmp_path / "fresh", "--dry-run", "--json"), env=env, capture_output=True,
@@ -406,7 +412,7 @@ def test_the_head_score_analysis_runs_per_checkpoint_without_a_task(tmp_path):
     grid = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0, 3200]\nanalyses: {heads: {}}\n")
     report = run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
     assert len(report.computed) == 2 and report.failed == []
-    scores = load_results("heads", "scores", root=tmp_path / "s")
+    scores = load_results("heads", "scores", store=tmp_path / "s")
     # 2 x 100 tokens exceed the 64-token training sequences: the probe is cut to T = 32
     assert len(scores) == 2 * 2 * 4 and set(scores["length"]) == {32}
     at0 = scores[scores["step"] == 0]
@@ -435,5 +441,5 @@ def test_a_result_stored_without_a_table_its_analysis_now_writes_is_computed_aga
     old_key = json.loads(next((tmp_path / "s" / "grows").glob("*/job.json")).read_text())["key"]
     assert grid.jobs[0].key == old_key and not store.is_done(grid.jobs[0])
     assert len(run_grid(grid, store, progress=False).computed) == 1
-    assert load_results("grows", "b", root=store.root)["y"].tolist() == [2]
+    assert load_results("grows", "b", store=store.root)["y"].tolist() == [2]
     assert run_grid(grid, store, progress=False).skipped == 1

@@ -650,7 +650,7 @@ def test_csv_errors(tok, tmp_path):
                               (" shecook",), (" he",))])
     with pytest.raises(ValueError, match="not a single token"):
         Task.from_csv(multi, name="multi").make(tok)
-    with pytest.raises(ValueError, match="only 1 rows"):
+    with pytest.raises(ValueError, match="has only 1 row; the largest n is 1"):
         Task.from_csv(multi, name="multi").make(tok, n=2)
     with pytest.raises(ValueError, match="does not exist"):
         Task.from_csv(tmp_path / "nope.csv", name="x")
@@ -671,3 +671,70 @@ def test_evaluate_hf_model_padding_invariant(tok, datas):
     one, many = evaluate(model, data, batch_size=1), evaluate(model, data, batch_size=64)
     assert one["n"] == many["n"] == 40
     assert abs(one["metric"] - many["metric"]) < 1e-5 and one["accuracy"] == many["accuracy"]
+
+
+def _csv_with_bad_line(tmp_path, bad: str) -> tuple[str, int]:
+    """A CSV of good rows with ``bad`` as its last record (line 7), after a record spanning three lines and a blank
+    line, so that the line is the file's own, not a record count."""
+    path = tmp_path / "probe.csv"
+    path.write_text('clean,corrupted,correct,incorrect\n"So Amy is a\ngood cook","So Jack is a\ngood cook"," she",'
+                    '" he"\n\n"So Jack is a good cook","So Amy is a good cook"," he"," she"\n' + bad + "\n")
+    return str(path), 7
+
+
+def test_csv_length_mismatch_names_the_file_and_line(tok, tmp_path):
+    path, line = _csv_with_bad_line(tmp_path, 'So Amy is a good cook,So Jack and Jill are a good cook," she"," he"')
+    task = Task.from_csv(path, name="probe")
+    with pytest.raises(ValueError, match=rf"^task CSV '{re.escape(path)}' line {line}: the clean prompt 'So Amy is a "
+                                         r"good cook' is \d+ tokens but the corrupted prompt .* is \d+; they must "
+                                         "tokenize to the same length$"):
+        task.make(tok)
+
+
+def test_csv_answer_errors_name_the_file_and_line(tok, tmp_path):
+    path, line = _csv_with_bad_line(tmp_path, 'So Amy is a good cook,So Jack is a good cook," shecook"," he"')
+    with pytest.raises(ValueError, match=rf"^task CSV '{re.escape(path)}' line {line}: the answer ' shecook' "
+                                         r"\(prompt 'So Amy is a good cook'\) is not a single token"):
+        Task.from_csv(path, name="probe").make(tok)
+    path, line = _csv_with_bad_line(tmp_path, 'So Amy is a good cook,So Jack is a good cook," she"," he| she"')
+    with pytest.raises(ValueError, match=rf"^task CSV '{re.escape(path)}' line {line}: the token\(s\) \[\d+\] are "
+                                         r"both a correct and an incorrect answer"):
+        Task.from_csv(path, name="probe").make(tok)
+
+
+def test_check_n_with_a_tokenizer_refuses_more_than_the_capacity(tok, split_tok):
+    """Greater-Than, Gendered Pronoun and SVA cannot make more than their distinct prompts; IOI repeats by design."""
+    for name, t in (("greater-than", split_tok), ("gendered-pronoun", split_tok), ("sva", tok)):
+        task = get_task(name)
+        cap = task.capacity(t)
+        assert task.check_n(cap, tokenizer=t) == cap
+        with pytest.raises(ValueError, match=rf"^--n: n={cap + 1:,} of {name}: only {cap:,} distinct prompts can be "
+                                             rf"made for this tokenizer; the largest n is {cap:,}$"):
+            task.check_n(cap + 1, tokenizer=t, where="--n")
+    ioi_task = get_task("ioi")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ioi, "IOI_NAMES", ["Alice", "Adam", "Amy"])  # 6 ordered pairs: a small capacity
+        cap = ioi_task.capacity(tok)
+        assert ioi_task.check_n(cap + 5, tokenizer=tok) == cap + 5
+        assert len(ioi_task.make(tok, n=cap + 5)) == cap + 5
+
+
+@pytest.mark.parametrize("name,sizes", [("ioi", (1000, 3000)), ("greater-than", (1000, 3000)),
+                                        ("sva", (4000, 10000))])  # SVA: above the peak of enumerating its pairs
+def test_bytes_per_example_bounds_the_python_peak_of_building(tok, name, sizes):
+    """What tracemalloc sees building grows by less than ``bytes_per_example`` an example (the Python side: prompt
+    strings, id lists, sign rows, tensors; the tokenizer's Rust side is in the RSS measured for the constant)."""
+    import tracemalloc
+
+    task = get_task(name)
+    task.make(tok, n=10)  # warm caches
+    peaks = []
+    for n in sizes:
+        tracemalloc.start()
+        try:
+            task.make(tok, n=n)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    per_example = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0])
+    assert 0 < per_example < task.bytes_per_example, (name, per_example)

@@ -19,6 +19,8 @@ from circuittrack.errors import CircuittrackError, InvalidInput, choices
 SCORE_SUFFIXES = (".csv", ".parquet")
 CIRCUIT_SUFFIXES = (".json", ".csv", ".parquet")
 MAX_FAILURE_STATUS = 100  # a sweep exits with its number of failed jobs, at most this
+TASK_HELP = ("task name (see `circuittrack tasks`), or a CSV file of clean, corrupted, correct and incorrect "
+             "columns (its name is the file's stem)")
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: Callable[[dict], str]) -> None:
@@ -84,14 +86,17 @@ def cmd_suites(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from circuittrack.models.checkpoints import load_checkpoint, resolve
+    from circuittrack.models.suites import resolve
 
     spec, step = resolve(args.suite, args.model, args.checkpoint if args.checkpoint else "final")
+    _check_device_dtype(args)
     payload = {"suite": args.suite, **spec.as_dict()}
     if args.checkpoint is not None:
         payload["checkpoint"] = step
         payload["tokens_seen"] = spec.tokens(step)
         if args.load:
+            from circuittrack.models.checkpoints import load_checkpoint
+
             payload["loaded"] = load_checkpoint(args.suite, spec.name, step, device=args.device,
                                                 dtype=args.dtype).describe()
 
@@ -151,23 +156,43 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         for n, d in p.items()))
 
 
+def _check_device_dtype(args: argparse.Namespace, available: bool = True) -> None:
+    """--device and --dtype: their spelling first (no imports), then (``available``) whether the device exists
+    here."""
+    from circuittrack.options import check_device_syntax, check_dtype_name
+
+    if getattr(args, "dtype", None) is not None:
+        check_dtype_name(args.dtype)
+    if getattr(args, "device", None) is not None:
+        check_device_syntax(args.device)
+        if available and args.device != "cpu":
+            from circuittrack.models.devices import parse_device
+
+            parse_device(args.device)
+
+
+def _check_task_size(task, n: int | None, where: str = "--n") -> int:
+    """``n`` (default: the task's) checked against the memory building it takes, before anything is loaded."""
+    return task.check_n(task.default_n if n is None else n, where=where)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
-    from circuittrack.circuits.memory import check_size
-    from circuittrack.models.checkpoints import load_checkpoint, resolve
-    from circuittrack.models.devices import parse_device, parse_dtype
-    from circuittrack.tasks import evaluate, get_task
-    from circuittrack.tasks.prompts import check_n
+    from circuittrack.models.suites import resolve
+    from circuittrack.options import check_size
+    from circuittrack.tasks.registry import get_task
 
     spec, step = resolve(args.suite, args.model, args.checkpoint)
     task = get_task(args.task)
-    parse_dtype(args.dtype)
-    parse_device(args.device)
-    check_n(task.name, task.default_n if args.n is None else args.n)
+    n = _check_task_size(task, args.n)
     batch = check_size("--batch-size", args.batch_size)
+    _check_device_dtype(args)
+    from circuittrack.models.checkpoints import load_checkpoint
+    from circuittrack.tasks import evaluate
+
     ckpt = load_checkpoint(args.suite, spec.name, step, device=args.device, dtype=args.dtype)
-    if (args.n or 0) > 5000:
-        print(f"circuittrack eval: building {args.n:,} {task.name} prompts", file=sys.stderr)
-    data = task.make(ckpt.tokenizer, n=args.n, seed=args.seed)
+    if n > 5000:
+        print(f"circuittrack eval: building {n:,} {task.name} prompts", file=sys.stderr)
+    data = task.make(ckpt.tokenizer, n=n, seed=args.seed)
     result = evaluate(ckpt.model, data, batch_size=32 if batch == "auto" else batch, progress=True)
     payload = {"suite": args.suite, "model": spec.name, "checkpoint": step, "tokens_seen": spec.tokens(step),
                "task": task.name, "metric_kind": task.metric_kind,
@@ -181,7 +206,7 @@ def _register_task_commands(add: Callable) -> None:
     add("tasks", cmd_tasks, "list the task registry")
     sp = add("eval", cmd_eval, "evaluate a task on one checkpoint: metric, accuracy, n")
     _model_args(sp)
-    sp.add_argument("--task", required=True, help="task name (see `circuittrack tasks`)")
+    sp.add_argument("--task", required=True, help=TASK_HELP)
     sp.add_argument("--n", type=int, default=None, help="number of examples (default: the task's)")
     sp.add_argument("--seed", type=int, default=None, help="dataset seed (default: the task's)")
     sp.add_argument("--batch-size", type=_batch, default="auto", help="examples per pass, or auto (32)")
@@ -189,12 +214,22 @@ def _register_task_commands(add: Callable) -> None:
 
 # ----- circuit ---------------------------------------------------------------------------------------------
 def cmd_circuit(args: argparse.Namespace) -> None:
-    from circuittrack.circuits.discovery import discover
+    from circuittrack.models.suites import resolve
+    from circuittrack.options import check_circuit_options
+    from circuittrack.tasks.registry import get_task
 
     _check_out("--scores-out", args.scores_out, SCORE_SUFFIXES)
     _check_out("--circuit-out", args.circuit_out, CIRCUIT_SUFFIXES)
-    # discover checks every other option before it loads the checkpoint
-    result = discover(args.suite, args.model, args.checkpoint, args.task, method=args.method,
+    resolve(args.suite, args.model, args.checkpoint)
+    task = get_task(args.task)
+    check_circuit_options(args.method, args.backend, args.ig_steps, args.dtype, args.device, args.batch_size,
+                          args.circuit_batch, args.threshold, args.max_size)
+    _check_task_size(task, args.n)
+    _check_device_dtype(args)
+    from circuittrack.circuits.discovery import discover
+
+    # discover checks every option again (library callers) before it loads the checkpoint
+    result = discover(args.suite, args.model, args.checkpoint, task.name, method=args.method,
                       ig_steps=args.ig_steps, backend=args.backend, device=args.device, dtype=args.dtype, n=args.n,
                       seed=args.seed, batch_size=args.batch_size, circuit_batch=args.circuit_batch,
                       threshold=args.threshold, max_size=args.max_size, progress=True)
@@ -227,9 +262,9 @@ def _circuit_text(p: dict) -> str:
 
 
 def _register_circuit_command(add: Callable) -> None:
-    sp = add("circuit", cmd_circuit, "find the smallest circuit reaching 80% faithfulness")
+    sp = add("circuit", cmd_circuit, "find the smallest circuit reaching 80%% faithfulness")
     _model_args(sp)
-    sp.add_argument("--task", required=True, help="task name (see `circuittrack tasks`)")
+    sp.add_argument("--task", required=True, help=TASK_HELP)
     sp.add_argument("--method", default="eap-ig-inputs", help="eap, eap-ig-inputs (the paper's, default), "
                     "eap-ig-activations, clean-corrupted or exact")
     sp.add_argument("--ig-steps", type=int, default=30, help="integrated-gradient steps (the paper: 30)")
@@ -248,24 +283,65 @@ def _register_circuit_command(add: Callable) -> None:
 
 
 # ----- sweep / status --------------------------------------------------------------------------------------
-def _grid_and_store(args: argparse.Namespace):
+def check_store_path(value: str | None, writable: bool = True):
+    """The results directory ``--store`` names (default: $CIRCUITTRACK_DATA/results), refused before any work when
+    it is a file, or (``writable``) when it or the folder it would be created in cannot be written. Creates
+    nothing."""
+    import os
+    from pathlib import Path
+
+    from circuittrack import paths
+
+    root = Path(value) if value is not None else paths.results_dir()
+    shown = str(value) if value is not None else f"{root} (the default store)"
+    if root.exists() and not root.is_dir():
+        raise InvalidInput(f"--store {shown} is a file, not a directory; give a results directory")
+    if writable:
+        probe = root
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            raise InvalidInput(f"--store {shown} cannot be created: {probe} is a file")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            what = "is not writable" if probe == root else f"cannot be created: {probe} is not writable"
+            raise InvalidInput(f"--store {shown} {what}; give a directory you can write to")
+    return root
+
+
+def _grid_and_store(args: argparse.Namespace, writable: bool = True):
     from circuittrack.sweeps.grid import load_grid
+
+    root = check_store_path(args.store, writable)
+    _check_device_dtype(args, available=False)  # a run checks the grid's devices; a dry run plans for any
+    grid = load_grid(args.grid, **_overrides(args))
     from circuittrack.sweeps.store import Store
 
-    return load_grid(args.grid), Store(args.store)
+    return grid, Store(root)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """--device and --dtype, when given: they replace every block's of the grid."""
+    return {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None) is not None}
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from circuittrack.sweeps.plan import plan
     from circuittrack.sweeps.run import check_evict, check_executor, run_grid
 
-    grid, store = _grid_and_store(args)
     if args.jobs < 1:
         raise InvalidInput(f"--jobs must be a positive integer, got {args.jobs}")
+    if args.bandwidth <= 0:
+        raise InvalidInput(f"--bandwidth must be a positive number of MB/s, got {args.bandwidth}")
     check_executor(args.executor)
+    grid, store = _grid_and_store(args, writable=not args.dry_run)
     check_evict(grid, args.evict)
     if args.dry_run:
-        _emit(args, plan(grid, store), _plan_text)
+        payload = plan(grid, store, jobs=args.jobs, bandwidth_mb_s=args.bandwidth, evict=args.evict,
+                       command=_next_command(args))
+        payload["notes"] = _device_notes(grid)
+        _emit(args, payload, _plan_text)
         return 0
     report = run_grid(grid, store, jobs=args.jobs, progress=True, executor=args.executor,
                       ray_address=args.ray_address, evict=args.evict, prefetch=not args.no_prefetch)
@@ -274,11 +350,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                "missing": [{"model": m, "step": s, "reason": r} for m, s, r in report.missing],
                "wall_seconds": round(report.wall_seconds, 1), "load_seconds": round(report.load_seconds, 1),
                "work_seconds": round(report.work_seconds, 1), "store": str(store.root),
-               "evicted": report.evicted, "freed_gb": round(report.freed_bytes / 1e9, 2)}
+               "evicted": report.evicted, "freed_gb": round(report.freed_bytes / 1e9, 2),
+               "repaired": report.repaired, "claimed_elsewhere": report.claimed_elsewhere}
     _emit(args, payload, lambda p: "\n".join(
         [f"{p['grid']}: computed {p['computed']} jobs, {p['skipped_done']} already done, {len(p['failed'])} failed "
          f"in {p['wall_seconds']:.0f} s (loading {p['load_seconds']:.0f} s, analyses {p['work_seconds']:.0f} s); "
          f"results in {p['store']}"]
+        + ([f"  recomputed {p['repaired']} damaged stored jobs"] if p["repaired"] else [])
+        + ([f"  {len(p['claimed_elsewhere'])} jobs were being computed by another run on this store (left to it; "
+            "rerun this command after it finishes to check)"] if p["claimed_elsewhere"] else [])
         + ([f"  evicted {p['evicted']} checkpoints from the Hugging Face cache ({p['freed_gb']} GB)"]
            if p["evicted"] else [])
         + [f"  FAILED {f['job']}: {f['error']}" for f in p["failed"]]
@@ -296,38 +376,120 @@ def failure_status(n_failed: int) -> int:
     return min(n_failed, MAX_FAILURE_STATUS)
 
 
+def _device_notes(grid) -> list[str]:
+    """For the dry run: the grid's devices this machine lacks (the run itself would refuse them)."""
+    from circuittrack.models.devices import parse_device
+
+    notes = []
+    for device in dict.fromkeys(u.device for u in grid.units):
+        try:
+            parse_device(device)
+        except InvalidInput:
+            notes.append(f"device {device!r} is not available on this machine, so a run here is refused; add "
+                         "--device cpu to run it on this machine's CPU")
+    return notes
+
+
+def _next_command(args: argparse.Namespace) -> str:
+    """The sweep command the dry run describes, without --dry-run (what to run next)."""
+    import shlex
+
+    parts = ["circuittrack", "sweep", "--grid", args.grid]
+    for flag, value in (("--store", args.store), ("--device", args.device), ("--dtype", args.dtype),
+                        ("--executor", None if args.executor == "local" else args.executor),
+                        ("--ray-address", args.ray_address), ("--jobs", None if args.jobs == 1 else args.jobs)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += [f for f, on in (("--evict", args.evict), ("--no-prefetch", args.no_prefetch)) if on]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _plan_text(p: dict) -> str:
-    per = ", ".join(f"{m} {n}" for m, n in p["checkpoints_per_model"].items())
-    return "\n".join([
-        f"grid {p['grid']} ({p['suite']} suite): {p['units']} checkpoints, {p['jobs']} jobs",
+    from circuittrack.sweeps.plan import duration
+
+    per = ", ".join(f"{m} {n}" + (f" (x{p['dtypes_per_model'][m]} dtypes)" if p["dtypes_per_model"][m] > 1 else "")
+                    for m, n in p["checkpoints_per_model"].items())
+    compute = "; ".join(f"{duration(s)} on {d}" + (" (the grid's)" if d in p["devices"] else "")
+                        for d, s in p["compute_seconds"].items())
+    lines = [
+        f"grid {p['grid']} ({p['suite']} suite): {p['jobs']} jobs on {p['units']} loaded checkpoints",
         f"  checkpoints per model: {per}",
-        f"  done {p['done']}, pending {p['pending']}, failed {p['failed']}, missing on the hub {p['missing']}",
+        f"  done {p['done']}, pending {p['pending']}, failed {p['failed']}, damaged {p['damaged']}, "
+        f"missing on the hub {p['missing']}",
         *([f"  to train first: {', '.join(p['to_train'])} (toy models not trained yet)"] if p["to_train"] else []),
-        f"  to download: {p['to_download']} checkpoints, {p['download_gb']} GB",
-        f"  estimate: about {p['estimate_hours']} hours of compute on {p['device']} (rough: FLOPs at an assumed "
-        "throughput)"])
+    ]
+    if p["suite"] != "toy":
+        lines += [f"  to download: {p['to_download']} checkpoints, {p['download_gb']} GB, about "
+                  f"{duration(p['download_seconds']).removeprefix('about ')} at {p['bandwidth_mb_s']:g} MB/s "
+                  "(--bandwidth)",
+                  f"  disk for checkpoints: {p['disk_gb']} GB as run; {p['disk_gb_evict']} GB with --evict (at "
+                  f"most {p['resident_with_evict']} checkpoints cached at once), {p['disk_gb_keep']} GB without"]
+    lines += [f"  compute: {compute} (rough: FLOPs at an assumed throughput)",
+              f"  results: {p['store']}",
+              *[f"  note: {n}" for n in p.get("notes", [])],
+              f"  next: {p['command']}" if p["pending"] else "  nothing to compute: every job is stored"]
+    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
     from circuittrack.sweeps.run import status
 
-    grid, store = _grid_and_store(args)
+    grid, store = _grid_and_store(args, writable=False)
     st = status(grid, store)
-    payload = {"grid": grid.name, "done": len(st.done), "pending": len(st.pending), "failed": len(st.failed),
-               "missing": len(st.missing), "failures": [{"job": j.label(), "error": e} for j, e in st.failed]}
-    _emit(args, payload, lambda p: "\n".join(
-        [f"{p['grid']}: done {p['done']}, pending {p['pending']} (of which failed {p['failed']}, checkpoint "
-         f"missing on the hub {p['missing']})"]
-        + [f"  FAILED {f['job']}: {f['error']}" for f in p["failures"]]))
+    damaged = getattr(st, "damaged", [])
+    payload = {"grid": grid.name, "store": str(store.root), "done": len(st.done), "pending": len(st.pending),
+               "failed": len(st.failed), "damaged": len(damaged), "missing": len(st.missing),
+               "causes": failure_causes(st.failed),
+               "failures": [{"job": j.label(), "key": j.key, "error": e} for j, e in st.failed],
+               "damaged_jobs": [{"job": j.label(), "key": j.key, "reason": r} for j, r in damaged]}
+
+    def text(p: dict) -> str:
+        lines = [f"{p['grid']}: done {p['done']}, pending {p['pending']} (of which failed {p['failed']}, damaged "
+                 f"{p['damaged']}, checkpoint missing on the hub {p['missing']}); results in {p['store']}"]
+        if args.verbose:
+            lines += [f"  FAILED {f['job']} [{f['key']}]: {f['error']}" for f in p["failures"]]
+        else:
+            lines += [f"  {c['count']} failed with: {c['cause']} (e.g. {c['example']})" for c in p["causes"]]
+        lines += [f"  DAMAGED {d['job']} [{d['key']}]: {d['reason']} (the next sweep recomputes it)"
+                  for d in p["damaged_jobs"][:None if args.verbose else 5]]
+        if len(p["damaged_jobs"]) > 5 and not args.verbose:
+            lines.append(f"  ... and {len(p['damaged_jobs']) - 5} more damaged jobs (--verbose lists every job)")
+        if p["failed"] and not args.verbose:
+            lines.append("  --verbose lists every failed job; rerun the same sweep to retry them")
+        return "\n".join(lines)
+
+    _emit(args, payload, text)
+
+
+def failure_causes(failed: list) -> list[dict]:
+    """Failures grouped by cause (the error's first line, with numbers and quoted names blanked, so the same
+    error on different checkpoints is one cause): count and one example job each, most frequent first."""
+    import re
+
+    groups: dict[str, list] = {}
+    for job, error in failed:
+        first = (error or "unknown error").strip().splitlines()[0] if (error or "").strip() else "unknown error"
+        cause = re.sub(r"'[^']*'|\"[^\"]*\"|\d+(\.\d+)?", "…", first)[:160]
+        groups.setdefault(cause, []).append((job, first))
+    return [{"cause": cause, "count": len(items), "example": f"{items[0][0].label()}: {items[0][1]}"}
+            for cause, items in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
 
 
 def _register_sweep_commands(add: Callable) -> None:
     for name, fn, help_ in (("sweep", cmd_sweep, "run every analysis of a grid file, resuming what is missing"),
-                            ("status", cmd_status, "done, pending and failed jobs of a grid file")):
+                            ("status", cmd_status, "done, pending, failed and damaged jobs of a grid file")):
         sp = add(name, fn, help_)
         sp.add_argument("--grid", required=True, help="grid YAML file (see grids/)")
         sp.add_argument("--store", default=None, help="results directory (default: $CIRCUITTRACK_DATA/results)")
+        sp.add_argument("--device", default=None, help="run every checkpoint on this device instead of the grid's "
+                        "(cpu, cuda, cuda:N, mps)")
+        sp.add_argument("--dtype", default=None, help="load every checkpoint in this dtype instead of the grid's "
+                        "(float32, bfloat16, float16; part of every result's key)")
+        if name == "status":
+            sp.add_argument("--verbose", action="store_true", help="list every failed and damaged job")
         if name == "sweep":
+            sp.add_argument("--bandwidth", type=float, default=100.0,
+                            help="download speed the dry run assumes, in MB/s (default 100)")
             sp.add_argument("--dry-run", action="store_true", help="print the plan; compute and download nothing")
             sp.add_argument("--jobs", type=int, default=1, help="worker processes, each taking whole checkpoints")
             sp.add_argument("--executor", default="local", help="local (default) or ray (one Ray task per checkpoint)")
@@ -337,6 +499,15 @@ def _register_sweep_commands(add: Callable) -> None:
                             help="remove each hub checkpoint from the Hugging Face cache once all its jobs are stored")
             sp.add_argument("--no-prefetch", action="store_true",
                             help="do not download the next hub checkpoint while one is analysed")
+    sp = add("results", cmd_results, "what a results store holds: analyses, models, tasks, checkpoints, counts")
+    sp.add_argument("--store", default=None, help="results directory (default: $CIRCUITTRACK_DATA/results)")
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    from circuittrack.sweeps.contents import contents_text, store_contents
+
+    root = check_store_path(args.store, writable=False)
+    _emit(args, store_contents(root), contents_text)
 
 
 # ----- notebooks -------------------------------------------------------------------------------------------
@@ -347,7 +518,10 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--jobs must be a positive integer, got {args.jobs}")
     profile_parameters(args.profile)
     check_selection(args.only, profile=args.profile)
-    report = run_notebooks(args.profile, jobs=args.jobs, only=args.only, out_dir=args.out, store=args.store)
+    check_store_path(args.store)
+    _check_device_dtype(args)  # the notebooks run on this machine: the device must exist here
+    report = run_notebooks(args.profile, jobs=args.jobs, only=args.only, out_dir=args.out, store=args.store,
+                           extra=_overrides(args))
     payload = {"profile": args.profile, "executed": [{"notebook": n, "seconds": s} for n, s in report.executed],
                "failed": [{"notebook": n, "error": e} for n, e in report.failed]}
     _emit(args, payload, lambda p: "\n".join(
@@ -366,23 +540,31 @@ def _register_notebook_command(add: Callable) -> None:
     sp.add_argument("--only", nargs="+", default=None, help="only these notebooks (names, e.g. 01_task_behaviour)")
     sp.add_argument("--out", default=None, help="folder for the executed notebooks (default: book/executed)")
     sp.add_argument("--store", default=None, help="results directory (default: $CIRCUITTRACK_DATA/results)")
+    sp.add_argument("--device", default=None, help="run the grids' checkpoints on this device instead of theirs "
+                    "(e.g. cpu for the paper profile on a machine without a GPU)")
+    sp.add_argument("--dtype", default=None, help="load the checkpoints in this dtype instead of the grids'")
 
 
 # ----- heads ----------------------------------------------------------------------------------------------
 def cmd_heads(args: argparse.Namespace) -> None:
-    from circuittrack.components.ioi_algorithm import ROLES
-    from circuittrack.models.checkpoints import load_checkpoint, resolve
-    from circuittrack.models.devices import parse_device, parse_dtype
-    from circuittrack.sweeps.analyses import get_analysis
+    from circuittrack.models.suites import resolve
 
     spec, step = resolve(args.suite, args.model, args.checkpoint)
-    parse_device(args.device)
-    parse_dtype(args.dtype)
+    if args.n is not None and (isinstance(args.n, bool) or args.n < 1):
+        raise InvalidInput(f"heads: n must be positive, got {args.n}")
+    _check_device_dtype(args)
+    from circuittrack.components.ioi_algorithm import ROLES
+    from circuittrack.models.checkpoints import load_checkpoint
+    from circuittrack.sweeps.analyses import get_analysis
+
     analysis = get_analysis("ioi_algorithm")
     params = analysis.resolve({"cspa": not args.no_cspa, **({"n": args.n} if args.n is not None else {})}, None,
                               "heads")
     ckpt = load_checkpoint(args.suite, spec.name, step, device=args.device, dtype=args.dtype)
-    tables = analysis.run(ckpt, None, params)
+    from circuittrack.progress import kernel_bars
+
+    with kernel_bars(not args.json):  # CSPA and each path-patching round show a bar with its total
+        tables = analysis.run(ckpt, None, params)
     heads = tables["heads"]
     heads["roles"] = [", ".join(r for r in ROLES if row[r]) for _, row in heads.iterrows()]
     columns = ["node", "induction", "duplicate", "previous", "successor", "copy", "negative_copy", "cspa",

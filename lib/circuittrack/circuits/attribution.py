@@ -60,13 +60,14 @@ from circuittrack.circuits.exact import exact_scores
 from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.memory import check_size, oom_retry, plan_attribution
 from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, source_hooks
+from circuittrack import options
 from circuittrack.errors import InvalidInput, choices
 from circuittrack.models.hooks import Hooks, merge_hooks
 from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
 
-METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact")
+METHODS = options.METHODS
 
 
 def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-inputs", ig_steps: int = 30,

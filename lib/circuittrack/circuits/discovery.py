@@ -12,20 +12,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuittrack.circuits.attribution import METHODS, attribute
+from circuittrack.circuits.attribution import attribute
 from circuittrack.circuits.circuit import Circuit
 from circuittrack.circuits.evaluation import evaluate_circuits
-from circuittrack.circuits.faithfulness import PAPER_THRESHOLD, undefined_reason
+from circuittrack.circuits.faithfulness import PAPER_THRESHOLD, log_grid, undefined_reason
 from circuittrack.circuits.graph import Graph
-from circuittrack.circuits.memory import DEFAULT_CIRCUITS, check_size
+from circuittrack.circuits.memory import DEFAULT_CIRCUITS
 from circuittrack.circuits.size import PAPER_MAX_SIZE, SizeResult, find_circuit_size
-from circuittrack.errors import InvalidInput, choices
+from circuittrack.options import check_circuit_options
 from circuittrack.models.checkpoints import LoadedModel, load_checkpoint, resolve
 from circuittrack.models.devices import dtype_name, parse_device, parse_dtype
-from circuittrack.models.runners import DEFAULT_BACKEND, check_backend, get_runner
+from circuittrack.models.runners import DEFAULT_BACKEND, get_runner
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
-from circuittrack.tasks.prompts import check_n
 from circuittrack.tasks.registry import get_task
 
 
@@ -58,23 +57,14 @@ def check_options(method: str = "eap-ig-inputs", backend: str = DEFAULT_BACKEND,
                   dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
                   batch_size: int | str = "auto", circuit_batch: int | str = "auto",
                   threshold: float = PAPER_THRESHOLD, max_size: int | None = PAPER_MAX_SIZE) -> None:
-    """Reject bad options before any loading; each error names the valid choices."""
-    if method not in METHODS:
-        raise InvalidInput(f"unknown method {method!r}; valid methods: {choices(METHODS)}")
-    check_backend(backend)
-    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
-        raise InvalidInput(f"ig_steps must be a positive integer (the paper: 30), got {ig_steps!r}")
+    """Reject bad options before any loading; each error names the valid choices (the checks that need no torch
+    come from :mod:`circuittrack.options`, then whether the device exists here)."""
+    check_circuit_options(method, backend, ig_steps, dtype, device, batch_size, circuit_batch, threshold, max_size,
+                          PAPER_MAX_SIZE)
     if dtype is not None:
         parse_dtype(dtype)
     if device is not None:
         parse_device(device)
-    check_size("batch_size", batch_size)
-    check_size("circuit_batch", circuit_batch)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-            or threshold <= 0:
-        raise InvalidInput(f"threshold must be a positive finite number (the paper: 0.8), got {threshold!r}")
-    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
-        raise InvalidInput(f"max_size must be a positive integer (the paper: {PAPER_MAX_SIZE}), got {max_size!r}")
 
 
 def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_steps: int = 30,
@@ -112,19 +102,27 @@ def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_ste
     scores = attribute(runner, graph, data, method=method, ig_steps=ig_steps, batch_size=batch_size,
                        progress=progress)
     t1 = time.perf_counter()
-    bar = progress_bar(progress, None, "size search", unit="call")
+    k = DEFAULT_CIRCUITS if circuit_batch == "auto" else circuit_batch
+    bar = progress_bar(progress, search_calls(graph.n_edges, max_size, k), "size search", unit="call")
 
     def evaluate(masks: torch.Tensor) -> torch.Tensor:
         out = evaluate_circuits(runner, graph, data, masks, batch_size=batch_size, circuit_batch=k)
         bar.update(1)
         return out
 
-    k = DEFAULT_CIRCUITS if circuit_batch == "auto" else circuit_batch
     size = find_circuit_size(graph, scores, evaluate, threshold=threshold, max_size=max_size, k=k, **baselines)
     bar.close()
     t2 = time.perf_counter()
     circuit = Circuit(graph, scores, size.in_circuit, {**meta, **size.summary()})
     return DiscoveryResult(circuit, size, t1 - t0, t2 - t1, len(data), meta, graph)
+
+
+def search_calls(n_edges: int, max_size: int | None, k: int) -> int:
+    """The size search's evaluation calls when the whole scan grid is evaluated and the crossing gap is refined:
+    the total its progress bar shows (a search that stops early takes fewer; a noisy curve a few more)."""
+    N = n_edges if max_size is None else min(max_size, n_edges)
+    scan = math.ceil(len(log_grid(N)) / k)
+    return scan + max(1, math.ceil(math.log(max(2.0, 0.1 * N)) / math.log(k + 1)))
 
 
 def discover(suite: str, model: str, checkpoint: int | str, task: str, *, method: str = "eap-ig-inputs",
@@ -138,7 +136,7 @@ def discover(suite: str, model: str, checkpoint: int | str, task: str, *, method
     spec, step = resolve(suite, model, checkpoint)
     task_obj = get_task(task)
     check_options(method, backend, ig_steps, dtype, device, batch_size, circuit_batch, threshold, max_size)
-    check_n(task_obj.name, task_obj.default_n if n is None else n)
+    task_obj.check_n(task_obj.default_n if n is None else n, where="n")
     ckpt = loaded or load_checkpoint(suite, spec.name, step, device=device, dtype=dtype)
     data = task_obj.make(ckpt.tokenizer, n=n, seed=seed)
     meta = {"suite": suite, "model": spec.name, "checkpoint": step, "tokens_seen": spec.tokens(step),

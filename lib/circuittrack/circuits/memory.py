@@ -16,21 +16,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from circuittrack.circuits.graph import Graph
-from circuittrack.errors import InvalidInput, OutOfMemory
+from circuittrack.errors import OutOfMemory
+from circuittrack.options import check_size  # noqa: F401 - re-exported: the kernels import it from here
 from circuittrack.models.devices import free_memory, is_out_of_memory
 
 DEFAULT_EXAMPLES = 32
 DEFAULT_CIRCUITS = 8
 BUDGET_FRACTION = 0.6
-
-
-def check_size(name: str, value) -> int | str:
-    """A batch size: a positive int or ``"auto"``."""
-    if value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(f"{name} must be a positive integer or 'auto', got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from circuittrack.circuits.sources import answer_metric, check_inputs, device_ba
 from circuittrack.errors import InvalidInput
 from circuittrack.models.hooks import Hooks
 from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
+from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
 
 
@@ -65,7 +66,7 @@ def path_patch(model, data: TaskData, senders=None, receivers="logits", graph: G
     rows = sender_rows(graph, senders, cols)
     if mlps == "recompute":
         check_recompute_receivers(graph, cols)
-        means = recomputed_means(runner, graph, data, [[r] for r in rows], cols, batch_size)
+        means = recomputed_means(runner, graph, data, [[r] for r in rows], cols, batch_size, progress)
     else:
         full = graph.edge_mask
         masks = torch.cat([path_circuits(graph, rows, cols), full[None], torch.zeros_like(full)[None]])
@@ -159,7 +160,7 @@ def _grouped_recomputed_means(runner: Runner, graph: Graph, data: TaskData, plan
 
 
 def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: list[list[int]], cols: list[int],
-                     batch_size: int | str = "auto") -> torch.Tensor:
+                     batch_size: int | str = "auto", progress: bool = False) -> torch.Tensor:
     """Mean metric [K + 2] (float64): each set of sender rows' paths into ``cols`` patched together with the
     MLPs recomputing and every other head frozen (module docstring), then the clean and corrupted runs."""
     H = graph.n_heads
@@ -169,6 +170,7 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
     size = 32 if batch_size == "auto" else int(batch_size)
     total = torch.zeros(len(heads) + 2, dtype=torch.float64)
     a = runner.arch
+    bar = progress_bar(progress, -(-len(data) // size) * len(heads), "path patching", unit="sender")
     with runner.session(), torch.no_grad():
         for batch in device_batches(data, size, runner.device):
             z_clean, z_corr = {}, {}
@@ -185,8 +187,10 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
                     runner.forward(batch.clean, frozen)
                     logits = runner.forward(batch.clean, _receiving(a, resid, receivers), batch.answer_pos)
                 total[k] += float(answer_metric(logits, batch).double().sum())
+                bar.update(1)
             total[-2] += float(clean.double().sum())
             total[-1] += float(corrupted.double().sum())
+    bar.close()
     return total / len(data)
 
 

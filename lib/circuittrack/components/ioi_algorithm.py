@@ -207,11 +207,12 @@ def _heads(df: pd.DataFrame) -> list[tuple[int, int]]:
 def ioi_algorithm(model, data: TaskData, scores: pd.DataFrame, batch_size: int | str = "auto",
                   backend: str = "torch", cspa_min_kl: float = CSPA_MIN_KL,
                   cspa_min_kl_share: float = CSPA_MIN_KL_SHARE,
-                  s_inhibition_min_change: float = S_INHIBITION_MIN_CHANGE) -> dict[str, pd.DataFrame]:
+                  s_inhibition_min_change: float = S_INHIBITION_MIN_CHANGE,
+                  progress: bool = False) -> dict[str, pd.DataFrame]:
     """Tables ``heads`` (one row per head: direct effect, S-inhibition and value-path effects, the position
     test, a flag per role) and ``shares`` (Figure 4 B, C, D: group, heads, effect, percent). The floors: see
-    :func:`cspa_measurable` and :func:`confirm_s_inhibition`."""
-    kw = {"batch_size": batch_size, "backend": backend}
+    :func:`cspa_measurable` and :func:`confirm_s_inhibition`. ``progress``: a bar per path-patching round."""
+    kw = {"batch_size": batch_size, "backend": backend, "progress": progress}
     heads = direct_roles(path_patch(model, data, receivers="logits", **kw), scores, cspa_min_kl, cspa_min_kl_share)
     heads = heads.rename(columns={"effect": "direct_effect"})
     movers = _heads(heads[heads[list(ROLES[:4])].any(axis=1)])
@@ -240,7 +241,7 @@ def ioi_algorithm(model, data: TaskData, scores: pd.DataFrame, batch_size: int |
     groups = {"B: name movers and copy suppressors -> logits": (movers, "logits"),
               "C: S-inhibition -> their queries": (s2i, [(l, h, "q") for l, h in movers]),
               "D: induction/duplicate -> S-inhibition values": (tertiary, into_v)}
-    shares = path_patch_groups(model, data, groups, **kw)
+    shares = path_patch_groups(model, data, groups, batch_size=batch_size, backend=backend)
     shares["heads"] = [", ".join(f"a{l}.h{h}" for l, h in g[0]) for g in groups.values()]
     shares["percent"] = -100.0 * shares["effect"] + 0.0  # + 0.0: no "-0" where nothing flows
     heads = heads.astype({"confirmed": "boolean", "confirmed_by_signs": "boolean"})

@@ -46,7 +46,7 @@ class Source:
         if not keys:
             where = f" with {params}" if params else ""
             raise InvalidInput(f"{self.notebook}: the grid part has no {analysis!r} jobs{where}")
-        df = load_results(analysis, table, root=self.store.root, keys=keys)
+        df = load_results(analysis, table, store=self.store, keys=keys)
         self.read_keys.update(keys)
         return df
 
@@ -73,12 +73,15 @@ class Source:
 
 def prepare(grid: str | Path, analyses: list[str], notebook: str, models=None, checkpoints=None, tasks=None,
             store: str | Path | None = None, jobs: int = 1, recompute: bool = False,
-            progress: bool = True) -> Source:
+            progress: bool = True, device: str | None = None, dtype: str | None = None) -> Source:
     """Narrow ``grid`` to what a chapter shows, compute what is missing (all of it with ``recompute``), and
-    return the :class:`Source` to read it from. A failed job is an error naming it (the chapter would be wrong)."""
+    return the :class:`Source` to read it from. ``device`` and ``dtype`` (None: the grid's) replace the grid's
+    (a CUDA grid on a machine without one: ``device="cpu"``). A failed job is an error naming it (the chapter
+    would be wrong); a device this machine lacks is refused before any work."""
     from circuittrack.sweeps.run import run_grid
 
-    part = load_grid(resolve_grid_path(grid)).narrowed(models=models, checkpoints=checkpoints, tasks=tasks,
+    overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    part = load_grid(resolve_grid_path(grid), **overrides).narrowed(models=models, checkpoints=checkpoints, tasks=tasks,
                                                        analyses=analyses)
     st = Store(store)
     if recompute:

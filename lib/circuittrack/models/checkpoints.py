@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from circuittrack import paths
 from circuittrack.errors import CheckpointMissing, CheckpointUnavailable
 from circuittrack.models.devices import dtype_name, parse_device, parse_dtype
-from circuittrack.models.suites import HUB_MISSING, ModelSpec, get_suite
+from circuittrack.models.suites import HUB_MISSING, ModelSpec, get_suite, resolve  # noqa: F401 - resolve: re-exported
 
 
 @dataclass
@@ -97,12 +97,6 @@ def toy_checkpoint_dir(model: str, step: int | str, suite_dir: Path | None = Non
     """Directory of a toy checkpoint (``step`` may be ``"final"``)."""
     step = get_suite("toy").model(model).resolve_step(step)
     return Path(suite_dir or paths.toy_suite_dir()) / model / f"step{step}"
-
-
-def resolve(suite: str, model: str, checkpoint: int | str) -> tuple[ModelSpec, int]:
-    """Validate (suite, model, checkpoint) before any expensive work; errors list the valid choices."""
-    spec = get_suite(suite).model(model)
-    return spec, spec.resolve_step(checkpoint)
 
 
 def load_checkpoint(suite: str, model: str, checkpoint: int | str = "final", *, device: str | torch.device = "cpu",

@@ -11,6 +11,7 @@ import os
 import torch
 
 from circuittrack.errors import InvalidInput, choices
+from circuittrack.options import check_device_syntax, check_dtype_name
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -22,9 +23,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         if dtype not in DTYPES.values():
             raise InvalidInput(f"unsupported dtype {dtype}; valid: {choices(DTYPES)}")
         return dtype
-    if dtype not in DTYPES:
-        raise InvalidInput(f"unknown dtype {dtype!r}; valid: {choices(DTYPES)}")
-    return DTYPES[dtype]
+    return DTYPES[check_dtype_name(dtype)]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -33,6 +32,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def parse_device(device: str | torch.device) -> torch.device:
     """A torch device that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    check_device_syntax(device)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):

@@ -305,3 +305,9 @@ def seeds_of(suite: Suite, model: str) -> list[str]:
 def get_model(suite: str, model: str) -> ModelSpec:
     """Shortcut for ``get_suite(suite).model(model)``."""
     return get_suite(suite).model(model)
+
+
+def resolve(suite: str, model: str, checkpoint: int | str) -> tuple[ModelSpec, int]:
+    """Validate (suite, model, checkpoint) before any expensive work; errors list the valid choices."""
+    spec = get_suite(suite).model(model)
+    return spec, spec.resolve_step(checkpoint)

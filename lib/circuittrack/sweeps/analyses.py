@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from circuittrack.errors import InvalidInput, choices
+from circuittrack.progress import kernel_bars_on
 
 AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter: accepted Python types, default, and whether a ``{task: value}`` mapping is allowed."""
+    """One parameter: accepted Python types, default, and whether a ``{task: value}`` mapping is allowed.
+
+    A ``file`` parameter names a local file (one of ``suffixes``) unless its value is one of ``special``: a grid
+    resolves the path and keys the job by the file's content (:attr:`~circuittrack.sweeps.store.Job.inputs`).
+    """
 
     name: str
     types: tuple[type, ...]
@@ -30,11 +35,21 @@ class Param:
     help: str
     per_task: bool = False
     allowed: tuple = ()  # valid values when the set is closed (besides None)
+    file: bool = False
+    special: tuple[str, ...] = ()  # values of a file parameter that name no file
+    suffixes: tuple[str, ...] = ()  # the file names a file parameter accepts (empty: any)
 
-    def check(self, value, where: str, task: str | None):
+    def check(self, value, where: str, task: str | None, tasks=None):
+        """The value for ``task`` (a per-task mapping picks it); ``tasks``, when given, are the valid keys of such
+        a mapping (a grid's tasks), so a misspelt task is an error rather than silently the default."""
         if isinstance(value, dict):
             if not self.per_task:
                 raise InvalidInput(f"{where}: {self.name} takes one value, not a per-task mapping")
+            if tasks is not None:
+                unknown = [k for k in value if k not in tasks]
+                if unknown:
+                    raise InvalidInput(f"{where}: {self.name}: {', '.join(map(repr, unknown))} is not a task of "
+                                       f"this grid; valid tasks: {choices(tasks)}")
             value = value.get(task, self.default) if task is not None else self.default
         if value is None:
             return None
@@ -69,15 +84,16 @@ class Analysis:
     tables: tuple[str, ...] = ()
     optional_tables: tuple[str, ...] = field(default=())
 
-    def resolve(self, raw: dict | None, task: str | None, where: str) -> dict:
-        """Parameters with defaults filled in and per-task values picked; errors name ``where`` and the choices."""
+    def resolve(self, raw: dict | None, task: str | None, where: str, tasks=None) -> dict:
+        """Parameters with defaults filled in and per-task values picked; errors name ``where`` and the choices
+        (``tasks``: the valid keys of per-task mappings, e.g. a grid's tasks; None: not checked)."""
         raw = dict(raw or {})
         known = {p.name: p for p in self.params}
-        unknown = sorted(set(raw) - set(known))
+        unknown = sorted(map(str, set(raw) - set(known)))
         if unknown:
             raise InvalidInput(f"{where}: unknown parameter(s) {', '.join(unknown)} of analysis {self.name!r}; "
                                f"valid: {choices(known)}")
-        return {p.name: p.check(raw.get(p.name, p.default), where, task) for p in self.params}
+        return {p.name: p.check(raw.get(p.name, p.default), where, task, tasks) for p in self.params}
 
 
 ANALYSES: dict[str, Analysis] = {}
@@ -175,7 +191,7 @@ def _circuit(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
     circuit, size = result.circuit, result.size
     summary = {k: v for k, v in result.summary().items() if k not in ("method", "ig_steps", "backend")}
     summary["seed"] = params["seed"]
-    tables = {"summary": pd.DataFrame([summary]), "curve": size.to_frame(),
+    tables = {"summary": _typed_summary(summary), "curve": size.to_frame(),
               "fractions": pd.DataFrame(columns=["fraction", "n", "metric", "n_edges", "n_nodes"])}
     if circuit is None:  # undefined, not searched: no scores, no edges
         tables["edges"] = pd.DataFrame({"edge": pd.Series([], dtype=str), "source": pd.Series([], dtype=str),
@@ -197,6 +213,18 @@ def _circuit(checkpoint, task: str, params: dict) -> dict[str, pd.DataFrame]:
         tables["scores"] = pd.DataFrame({"edge": graph.edge_names(),
                                          "score": circuit.scores[every_src, every_dst].numpy()})
     return tables
+
+
+#: Circuit-summary columns that are integers, or missing where faithfulness is undefined: stored as pandas'
+#: nullable Int64 in every job, so the column types of a loaded table never depend on which jobs the store holds
+#: (an undefined circuit's None would otherwise make the whole column object).
+SUMMARY_INTS = ("circuit_edges", "circuit_nodes", "greedy_size", "total_edges", "max_size", "n_examples",
+                "n_evaluate_calls", "seed", "checkpoint", "tokens_seen", "ig_steps")
+
+
+def _typed_summary(summary: dict) -> pd.DataFrame:
+    df = pd.DataFrame([summary])
+    return df.astype({c: "Int64" for c in SUMMARY_INTS if c in df})
 
 
 def _fraction_points(checkpoint, data, circuit, size, params) -> pd.DataFrame:
@@ -279,7 +307,8 @@ def _compute_head_scores(checkpoint, params: dict) -> pd.DataFrame:
 
         text = _cspa_text(checkpoint.tokenizer, params["cspa_text"])
         cs = cspa.cspa_scores(checkpoint.model, text[:cspa.PAPER_N_SEQS], text,
-                              function_tokens=cspa.function_token_ids(checkpoint.tokenizer))
+                              function_tokens=cspa.function_token_ids(checkpoint.tokenizer),
+                              progress=kernel_bars_on())
         out = out.merge(cs[keys + ["cspa", "kl_mean_ablation"]].rename(
             columns={"kl_mean_ablation": "cspa_kl_mean_ablation"}), on=keys)
     return out
@@ -312,7 +341,8 @@ _HEAD_PARAMS = (
     Param("seed", (int,), 0, "seed of the random tokens (the paper's are unseeded)"),
     Param("cspa", (bool,), True, "also the CSPA (copy suppression) score: 17 x 61 tokens of text, means from 100"),
     Param("cspa_text", (str,), "toy-corpus", "CSPA text: toy-corpus (held-out toy documents) or a local .txt/.jsonl "
-          "file, e.g. an OpenWebText export as in the paper"),
+          "file, e.g. an OpenWebText export as in the paper", file=True, special=("toy-corpus",),
+          suffixes=(".txt", ".jsonl")),
     Param("scores_version", (int,), HEAD_SCORES_VERSION, "what the head scores mean (only the current version is "
           "computed)", allowed=(HEAD_SCORES_VERSION,)),
 )
@@ -332,7 +362,8 @@ def _ioi_algorithm(checkpoint, task, params: dict) -> dict[str, pd.DataFrame]:
     data = _task_data(checkpoint, "ioi", {"n": params["n"] or ioi.default_n, "seed": ioi.default_seed})
     return ioi_algorithm(checkpoint.model, data, _head_scores(checkpoint, params), batch_size=params["batch_size"],
                          cspa_min_kl=float(params["cspa_min_kl"]), cspa_min_kl_share=float(params["cspa_min_kl_share"]),
-                         s_inhibition_min_change=float(params["s_inhibition_min_change"]))
+                         s_inhibition_min_change=float(params["s_inhibition_min_change"]),
+                         progress=kernel_bars_on())
 
 
 register(Analysis(

@@ -6,8 +6,11 @@ that many worker processes each take whole checkpoints. With ``executor="ray"`` 
 workers write into the store themselves, so on a cluster the store must be a path every node sees. A job that
 raises is recorded as failed (its error in the store) and the others go on; a checkpoint that cannot be loaded
 fails all its jobs, except one the hub does not have (PolyPythias has a few gaps), recorded as missing.
-Resuming is running the same grid again: finished jobs are skipped, so only what is missing is computed. Toy
-models the grid names that are not trained yet (seed variants) are trained first.
+Resuming is running the same grid again: finished jobs are skipped, so only what is missing is computed, and a
+damaged one (a truncated or corrupt table) is recomputed under its key. Several sweeps may run on one store at
+once: each claims a job before computing it (:mod:`circuittrack.sweeps.claims`) and skips jobs a live run holds.
+The files a job reads (its ``inputs``) are checked against their recorded digests before it runs. Toy models the
+grid names that are not trained yet (seed variants) are trained first.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
+from circuittrack.errors import CircuittrackError
 from circuittrack.progress import progress_bar
 from circuittrack.sweeps.analyses import get_analysis
+from circuittrack.sweeps.claims import Claims
 from circuittrack.sweeps.grid import Grid, Unit
 from circuittrack.sweeps.cost import unit_flops
-from circuittrack.sweeps.store import Store
+from circuittrack.sweeps.store import Store, file_digest
 
 @dataclass
 class Status:
@@ -31,15 +36,19 @@ class Status:
     pending: list = field(default_factory=list)
     failed: list = field(default_factory=list)  # (job, error)
     missing: list = field(default_factory=list)  # (job, reason): the checkpoint is not on the hub
+    damaged: list = field(default_factory=list)  # (job, reason): stored but damaged; also pending (recomputed)
 
 
 def status(grid: Grid, store: Store) -> Status:
     out = Status()
     for job in grid.jobs:
-        if store.is_done(job):
+        done, damage = store.inspect(job)
+        if done:
             out.done.append(job)
         else:
             out.pending.append(job)
+            if damage is not None:
+                out.damaged.append((job, damage))
             fail, gone = store.failure(job), store.missing(job)
             if fail is not None:
                 out.failed.append((job, fail.get("error", "")))
@@ -54,6 +63,8 @@ class Report:
     failed: list = field(default_factory=list)  # (job key, label, error)
     missing: list = field(default_factory=list)  # (model, step, reason): checkpoints the hub does not have
     skipped: int = 0  # jobs already done
+    repaired: int = 0  # damaged stored jobs computed again (under the same key)
+    claimed_elsewhere: list = field(default_factory=list)  # labels of jobs skipped: another live run was on them
     load_seconds: float = 0.0
     work_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -100,11 +111,24 @@ def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, exe
         raise InvalidInput(f"--jobs must be a positive integer, got {jobs!r}")
     check_executor(executor)
     check_evict(grid, evict)
+    if not (executor == "ray" and ray_address):  # a cluster's devices are its nodes', not this machine's
+        check_devices(grid)
+    claims = Claims(store.root)  # checks CIRCUITTRACK_CLAIM_TIMEOUT
     t0 = time.perf_counter()
     store.clean_partials()
+    claims.clear_stale()
     siblings = _checkpoint_jobs(grid) if evict else {}
-    todo = [Unit(u.suite, u.model, u.step, u.device, u.dtype, [j for j in u.jobs if not store.is_done(j)])
-            for u in grid.units]
+    damaged = set()
+    todo = []
+    for u in grid.units:
+        pending = []
+        for j in u.jobs:
+            done, damage = store.inspect(j)
+            if not done:
+                pending.append(j)
+                if damage is not None:
+                    damaged.add(j.key)
+        todo.append(Unit(u.suite, u.model, u.step, u.device, u.dtype, pending))
     report = Report(skipped=sum(len(u.jobs) for u in grid.units) - sum(len(u.jobs) for u in todo))
     if evict:  # checkpoints finished by an earlier run leave the cache now
         for model, step in {(u.model, u.step) for u in todo} - {(u.model, u.step) for u in todo if u.jobs}:
@@ -141,8 +165,23 @@ def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, exe
                 bar.update(1)
     ahead.close()
     bar.close()
+    report.repaired = len(damaged & set(report.computed))
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def check_devices(grid: Grid) -> None:
+    """Refuse, before any work, a grid whose device this machine does not have (rather than record every job on
+    it as failed)."""
+    from circuittrack.errors import InvalidInput
+    from circuittrack.models.devices import parse_device
+
+    for device in dict.fromkeys(u.device for u in grid.units):
+        try:
+            parse_device(device)
+        except InvalidInput as err:
+            raise InvalidInput(f"{grid.path}: device {device!r} cannot be used here ({err}); pass --device cpu to "
+                               "run the grid on the CPU, or edit the grid's device") from None
 
 
 def train_toy_models(units: list[Unit], progress: bool = True, workers: int = 1) -> list[str]:
@@ -237,6 +276,8 @@ def _run_ray(units: list[Unit], root: str, address: str | None, report: Report, 
 
 def _merge(report: Report, part: Report) -> None:
     report.computed += part.computed
+    report.skipped += part.skipped
+    report.claimed_elsewhere += part.claimed_elsewhere
     report.failed += part.failed
     report.missing += part.missing
     report.load_seconds += part.load_seconds
@@ -247,8 +288,63 @@ def _merge(report: Report, part: Report) -> None:
 
 def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None = None,
              evict_when_done: list | None = None) -> Report:
-    """Load one checkpoint, run its jobs, store each result (or its failure). ``evict_when_done``: every job of
-    the grid on this checkpoint; when all are stored, the checkpoint leaves the Hugging Face cache."""
+    """Claim the unit's jobs that are not done, load the checkpoint (only if some were claimed), run them, store
+    each result (or its failure) and release its claim. Jobs another live run has claimed are skipped (reported
+    in ``claimed_elsewhere``). ``evict_when_done``: every job of the grid on this checkpoint; when all are
+    stored, the checkpoint leaves the Hugging Face cache."""
+    store = Store(root)
+    report = Report()
+    with Claims(store.root) as claims:
+        mine = []
+        for job in unit.jobs:
+            if store.is_done(job):
+                report.skipped += 1
+            elif not claims.take(job.key):
+                report.claimed_elsewhere.append(job.label())
+            elif store.is_done(job):  # another run stored it between the two looks
+                claims.release(job.key)
+                report.skipped += 1
+            else:
+                mine.append(job)
+        if mine:
+            _run_claimed(Unit(unit.suite, unit.model, unit.step, unit.device, unit.dtype, mine), store, claims,
+                         report, progress, threads)
+    if evict_when_done is not None and all(store.is_done(j) for j in evict_when_done):
+        _evict(unit.suite, unit.model, unit.step, report)
+    return report
+
+
+class InputChanged(CircuittrackError):
+    """A file a job reads is not the file the grid was read with."""
+
+
+def check_inputs(job) -> None:
+    """Refuse to run a job whose input files (``job.inputs``) changed since the grid recorded their digests: its
+    key names the old content, so its results would be filed under the wrong key."""
+    for record in job.inputs.values():
+        path = record["path"]
+        try:
+            now = file_digest(path)
+        except OSError as err:
+            raise InputChanged(f"{path} changed since the grid was read (it cannot be read now: "
+                               f"{err.strerror or err}); run the sweep again") from None
+        if now != record["sha256"]:
+            raise InputChanged(f"{path} changed since the grid was read; run the sweep again")
+
+
+def _prepare_task(job) -> None:
+    """Make a CSV task known in this process (a spawned worker or Ray task re-imports the registry)."""
+    if "task" not in job.inputs:
+        return
+    from circuittrack.tasks.registry import task_for_job
+
+    task_for_job(job.task, job.inputs["task"])
+
+
+def _run_claimed(unit: Unit, store: Store, claims: Claims, report: Report, progress: bool,
+                 threads: int | None) -> None:
+    """Load the checkpoint and run the jobs this run has claimed, releasing each claim once it is stored or has
+    failed."""
     import torch
 
     from circuittrack.errors import CheckpointMissing
@@ -256,38 +352,39 @@ def run_unit(unit: Unit, root: str, progress: bool = False, threads: int | None 
 
     if threads is not None:
         torch.set_num_threads(threads)
-    store = Store(root)
-    report = Report()
     t0 = time.perf_counter()
     try:
         ckpt = load_checkpoint(unit.suite, unit.model, unit.step, device=unit.device, dtype=unit.dtype)
     except CheckpointMissing as err:  # a gap in the hub's checkpoints: recorded, not a failure
         for job in unit.jobs:
             store.record_missing(job, str(err))
+            claims.release(job.key)
         report.missing.append((unit.model, unit.step, str(err)))
-        return report
+        return
     except Exception as err:  # noqa: BLE001 - every job of this checkpoint fails with the loading error
         for job in unit.jobs:
             _fail(store, report, job, err)
-        return report
+            claims.release(job.key)
+        return
     report.load_seconds = time.perf_counter() - t0
     bar = progress_bar(progress, len(unit.jobs), unit.label(), unit="job", position=_SLOT)
     for job in unit.jobs:
         t1 = time.perf_counter()
         try:
+            check_inputs(job)
+            _prepare_task(job)
             analysis = get_analysis(job.analysis)
             tables = analysis.run(ckpt, job.task, job.params)
             store.write(job, tables, {"seconds": round(time.perf_counter() - t1, 3)})
             report.computed.append(job.key)
         except Exception as err:  # noqa: BLE001 - recorded, the other jobs go on
             _fail(store, report, job, err)
+        finally:
+            claims.release(job.key)
         report.work_seconds += time.perf_counter() - t1
         bar.update(1)
     bar.close()
     del ckpt
-    if evict_when_done is not None and all(store.is_done(j) for j in evict_when_done):
-        _evict(unit.suite, unit.model, unit.step, report)
-    return report
 
 
 def _evict(suite: str, model: str, step: int, report: Report) -> None:

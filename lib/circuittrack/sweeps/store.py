@@ -4,14 +4,18 @@ A *job* is one analysis of one task (or of no task) on one checkpoint with fixed
 (suite, model, step, task, analysis, parameters with defaults filled in, store format version), never of time,
 so the same request always finds the same results. A finished job is one directory::
 
-    <results>/<analysis>/<key>/job.json          what produced it (the key's content) and when
+    <results>/<analysis>/<key>/job.json          what produced it (the key's content), when, and each table's
+                                                 row count, size in bytes and sha256
     <results>/<analysis>/<key>/<table>.parquet   one file per table; every row carries the job's columns
 
-It is written under ``<results>/.partial/`` and renamed into place in one step, so a crash (kill -9 included)
-never leaves a partial job that is later read as complete; a job is done exactly when its directory exists.
-A failed job leaves ``<results>/.failed/<key>.json`` (its error), removed when it later succeeds; a job whose
-checkpoint the hub does not have leaves ``<results>/.missing/<key>.json`` instead (not a failure; retried on the
-next run, in case the checkpoint has been uploaded since).
+It is written under ``<results>/.partial/`` and renamed into place in one step, so a crash (kill -9 included) never
+leaves a partial job that is later read as complete. A job is done when its ``job.json`` reads back, lists every
+table the job requires, and every table file it lists has the recorded size and sha256: a truncated or corrupted
+file makes the job *damaged* (:meth:`Store.damage` says why), which the next sweep recomputes under the same key
+and :func:`load_results` skips with a warning. (A ``job.json`` written before tables were recorded is checked by
+reading each table's Parquet footer.) A failed job leaves ``<results>/.failed/<key>.json`` (its error), removed
+when it later succeeds; a job whose checkpoint the hub does not have leaves ``<results>/.missing/<key>.json``
+instead (not a failure; retried on the next run, in case the checkpoint has been uploaded since).
 
 Tables can be read with :func:`load_results` (pandas) or directly, e.g. with DuckDB:
 ``SELECT * FROM read_parquet('data/results/circuit/*/summary.parquet')``. Columns: docs/results.md.
@@ -20,11 +24,13 @@ Tables can be read with :func:`load_results` (pandas) or directly, e.g. with Duc
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +38,7 @@ import pandas as pd
 
 from circuittrack import paths
 from circuittrack.errors import InvalidInput
+from circuittrack.sweeps.claims import owner_tag, tag_is_gone
 
 #: Bump when the meaning of stored tables changes: old results then no longer match any key.
 STORE_VERSION = 1
@@ -90,26 +97,95 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class DamagedResult(UserWarning):
+    """A stored table that does not match its job's record (truncated, corrupted, or its job.json unreadable)."""
+
+
 class Store:
     """A results directory (default ``$CIRCUITTRACK_DATA/results``)."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else paths.results_dir()
+        #: table files whose content was checked: path -> (size, mtime, inode, what they matched), so a status
+        #: over thousands of jobs hashes each file once per process
+        self._checked: dict[str, tuple] = {}
 
     def job_dir(self, job: Job) -> Path:
         return self.root / job.analysis / job.key
 
     def is_done(self, job: Job) -> bool:
-        """Stored, with every table the job requires."""
-        f = self.job_dir(job) / "job.json"
-        if not f.exists():
-            return False
-        if not job.requires:
-            return True
+        """Stored intact, with every table the job requires."""
+        return self.inspect(job)[0]
+
+    def damage(self, job: Job) -> str | None:
+        """Why the job's stored directory is not a valid result (a truncated or corrupt table, an unreadable
+        job.json, a directory without one); None if the job is done, not stored at all, or stored intact before
+        its analysis wrote a table it now requires (recomputed too, but nothing is damaged)."""
+        return self.inspect(job)[1]
+
+    def inspect(self, job: Job) -> tuple[bool, str | None]:
+        """(done, why damaged): :meth:`is_done` and :meth:`damage` in one look."""
+        folder = self.job_dir(job)
+        f = folder / "job.json"
         try:
-            return set(job.requires) <= set(json.loads(f.read_text()).get("tables", ()))
-        except json.JSONDecodeError:
-            return False
+            text = f.read_bytes()
+        except FileNotFoundError:
+            if folder.is_dir():
+                return False, f"{folder} has no job.json (not a finished job)"
+            return False, (f"{folder} is not a directory" if os.path.lexists(folder) else None)
+        except OSError as err:
+            return False, f"{f} cannot be read ({err.strerror or err})"
+        try:
+            meta = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            meta = None
+        if not isinstance(meta, dict):
+            return False, f"{f} is not a JSON object"
+        if meta.get("key", job.key) != job.key:
+            return False, f"{f} is the record of job {meta.get('key')!r}, not of {job.key}"
+        tables = meta.get("tables")
+        if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+            return False, f"{f} lists no tables"
+        for name in tables:
+            reason = self._check_table(folder, name, meta)
+            if reason is not None:
+                return False, reason
+        return set(job.requires) <= set(tables), None
+
+    def _check_table(self, folder: Path, name: str, meta: dict) -> str | None:
+        """Why table ``name`` of a job directory does not match its record in job.json (None: it does)."""
+        path = folder / f"{name}.parquet"
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return f"{path} is missing"
+        except OSError as err:
+            return f"{path} cannot be read ({err.strerror or err})"
+        files = meta.get("files")
+        record = files.get(name) if isinstance(files, dict) else None
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if files is None:  # recorded before tables were: the Parquet footer must read back
+            if self._checked.get(str(path)) == (*sig, "footer"):
+                return None
+            import pyarrow.parquet as pq
+
+            try:
+                pq.read_metadata(path).num_rows
+            except Exception as err:  # noqa: BLE001 - whatever the reader says, the file is not a table
+                return f"{path} is not a readable Parquet file ({type(err).__name__}: {err})"
+            self._checked[str(path)] = (*sig, "footer")
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("bytes"), int) or \
+                not isinstance(record.get("sha256"), str):
+            return f"{folder / 'job.json'} has no size and sha256 of table {name!r}"
+        if st.st_size != record["bytes"]:
+            return f"{path} has {st.st_size} bytes, its job.json records {record['bytes']} (truncated or overwritten)"
+        if self._checked.get(str(path)) == (*sig, record["sha256"]):
+            return None
+        if file_digest(path) != record["sha256"]:
+            return f"{path} does not match the sha256 its job.json records (corrupted)"
+        self._checked[str(path)] = (*sig, record["sha256"])
+        return None
 
     def failure(self, job: Job) -> dict | None:
         return self._note(".failed", job)
@@ -129,17 +205,21 @@ class Store:
         for name in tables:
             if not name.isidentifier():
                 raise InvalidInput(f"table name {name!r} must be an identifier")
-        partial = self.root / ".partial" / f"{job.key}-{uuid.uuid4().hex[:8]}"
+        partial = self._partial_name(job)
         partial.mkdir(parents=True)
         try:
             cols = {"suite": job.suite, "model": job.model, "step": int(job.step), "tokens": int(job.tokens),
                     "task": job.task, "analysis": job.analysis, "key": job.key}
+            files = {}
             for name, df in tables.items():
                 out = df.copy()
                 for i, (c, v) in enumerate(cols.items()):
                     out.insert(i, c, v)
-                out.to_parquet(partial / f"{name}.parquet", index=False)
+                path = partial / f"{name}.parquet"
+                out.to_parquet(path, index=False)
+                files[name] = {"rows": len(out), "bytes": path.stat().st_size, "sha256": file_digest(path)}
             meta = {**job.identity, "key": job.key, "tokens": job.tokens, "tables": sorted(tables),
+                    "files": {name: files[name] for name in sorted(files)},
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
             (partial / "job.json").write_text(json.dumps(meta, indent=1, default=str))
             final = self.job_dir(job)
@@ -156,16 +236,24 @@ class Store:
             (self.root / folder / f"{job.key}.json").unlink(missing_ok=True)
         return final
 
+    def _partial_name(self, job: Job) -> Path:
+        """``.partial/<key>-<host>~<pid>~<start>-<random>``: names its writer, so that only a run whose writer is
+        gone removes it (:meth:`clean_partials`)."""
+        return self.root / ".partial" / f"{job.key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
+
     def forget(self, job: Job) -> None:
         """Remove a job's results so that the next run recomputes it: first moved out in one rename (so an
         interruption never leaves a half-deleted job that reads as done), then deleted."""
         final = self.job_dir(job)
-        if not final.exists():
+        if not os.path.lexists(final):
             return
-        trash = self.root / ".partial" / f"{job.key}-forgotten-{uuid.uuid4().hex[:8]}"
+        trash = self._partial_name(job)
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_dir() and not trash.is_symlink():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:  # a stray file where the job's directory belongs
+            trash.unlink(missing_ok=True)
 
     def record_failure(self, job: Job, error: str) -> None:
         self._record(".failed", job, error)
@@ -184,21 +272,60 @@ class Store:
         os.replace(tmp, d / f"{job.key}.json")
 
     def clean_partials(self) -> None:
-        """Remove what interrupted runs left half-written (never read as results)."""
-        shutil.rmtree(self.root / ".partial", ignore_errors=True)
+        """Remove what interrupted runs left half-written (never read as results): only what a writer that is gone
+        left (a dead process of this host; another host's, or an unnamed one, once older than the claim timeout),
+        never what a live run is writing."""
+        folder = self.root / ".partial"
+        try:
+            entries = list(folder.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        now = time.time()
+        for entry in entries:
+            parts = entry.name.split("-")
+            tag = parts[1] if len(parts) == 3 else ""
+            try:
+                age = now - entry.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            if not tag_is_gone(tag, age):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
-def load_results(analysis: str, table: str, *, root: str | Path | None = None, keys=None,
-                 **filters) -> pd.DataFrame:
-    """All stored rows of ``table`` of ``analysis`` as one DataFrame (empty with no rows), optionally only the
-    jobs in ``keys`` and rows whose columns equal ``filters`` (a value or a list of values), e.g.
-    ``load_results("circuit", "summary", model=["toy-s", "toy-m"], task="ioi")``."""
-    base = Path(root) if root is not None else paths.results_dir()
-    files = sorted((base / analysis).glob(f"*/{table}.parquet"))
+def load_results(analysis: str, table: str, *, store: str | Path | Store | None = None, keys=None,
+                 root: str | Path | None = None, **filters) -> pd.DataFrame:
+    """All stored rows of ``table`` of ``analysis`` in ``store`` (a path or a :class:`Store`; default
+    ``$CIRCUITTRACK_DATA/results``) as one DataFrame (empty with no rows), optionally only the jobs in ``keys`` and
+    rows whose columns equal ``filters`` (a value or a list of values), e.g.
+    ``load_results("circuit", "summary", model=["toy-s", "toy-m"], task="ioi")``.
+
+    A damaged job's table (one that does not match its job.json's size and sha256, or cannot be read) is left out
+    with a :class:`DamagedResult` warning naming it; rerunning the sweep recomputes it. ``root`` is the old name
+    of ``store`` (deprecated)."""
+    if root is not None:
+        if store is not None:
+            raise InvalidInput("load_results: give store= only (root= is its deprecated old name)")
+        warnings.warn("load_results(root=...) is deprecated; use store= (a path or a Store)", DeprecationWarning,
+                      stacklevel=2)
+        store = root
+    base = store.root if isinstance(store, Store) else Path(store) if store is not None else paths.results_dir()
+    folder = base / analysis
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     if keys is not None:
         wanted = set(keys)
-        files = [f for f in files if f.parent.name in wanted]
-    frames = [pd.read_parquet(f) for f in files if (f.parent / "job.json").exists()]
+        dirs = [d for d in dirs if d.name in wanted]
+    frames = []
+    for d in dirs:
+        df = _read_table(d, table)
+        if isinstance(df, str):
+            warnings.warn(f"results store {base}: skipped job {d.name} ({analysis}/{table}): {df}; rerun the sweep "
+                          "to recompute it", DamagedResult, stacklevel=2)
+        elif df is not None:
+            frames.append(df)
     if not frames:
         return pd.DataFrame(columns=list(JOB_COLUMNS))
     df = pd.concat(frames, ignore_index=True)
@@ -209,3 +336,36 @@ def load_results(analysis: str, table: str, *, root: str | Path | None = None, k
         df = df[df[col].isin(values)]
     sort = [c for c in ("model", "task", "step") if c in df.columns]
     return df.sort_values(sort, kind="stable").reset_index(drop=True) if sort else df
+
+
+def _read_table(folder: Path, table: str) -> pd.DataFrame | str | None:
+    """Table ``table`` of the job stored in ``folder``; None if the job has no such table (or ``folder`` is no
+    job), or why it is damaged."""
+    path = folder / f"{table}.parquet"
+    if not os.path.lexists(path):
+        return None
+    try:
+        meta = json.loads((folder / "job.json").read_bytes())
+    except FileNotFoundError:
+        return f"{path} has no job.json beside it (not a finished job)"
+    except (OSError, ValueError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        return f"{folder / 'job.json'} is not a JSON object"
+    tables = meta.get("tables")
+    if isinstance(tables, list) and table not in tables:
+        return None  # a stray file: not one of the job's tables
+    files = meta.get("files")
+    record = files.get(table) if isinstance(files, dict) else None
+    try:
+        if files is None:  # recorded before tables were: what reads back is all there is to check
+            return pd.read_parquet(path)
+        if not isinstance(record, dict):
+            return f"{folder / 'job.json'} has no size and sha256 of table {table!r}"
+        data = path.read_bytes()
+        if len(data) != record.get("bytes") or hashlib.sha256(data).hexdigest() != record.get("sha256"):
+            return (f"{path} does not match its job.json ({len(data)} bytes, {record.get('bytes')} recorded; "
+                    "truncated or corrupted)")
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception as err:  # noqa: BLE001 - whatever the reader says, this job's table is unusable
+        return f"{path} cannot be read ({type(err).__name__}: {err})"

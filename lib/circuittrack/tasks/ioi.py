@@ -9,9 +9,9 @@ the subject is. Metric: logit(" "+IO) - logit(" "+S) at the last prompt token.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from circuittrack.errors import InvalidInput
-from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.prompts import build_task_data, encode_many, pad_id_of, single_token_words
 from circuittrack.tasks.task import Task
 from circuittrack.tasks.wordlists import (
@@ -21,6 +21,9 @@ from circuittrack.tasks.wordlists import (
     IOI_OBJECTS,
     IOI_PLACES,
 )
+
+if TYPE_CHECKING:
+    from circuittrack.tasks.data import TaskData
 
 NAME = "ioi"
 N_TEMPLATES = 15  # "mixed": the first N_TEMPLATES // 2 of each of the BABA and ABBA template lists
@@ -101,6 +104,11 @@ def make(tokenizer, n: int, seed: int) -> TaskData:
                            clean_text, corrupted_text)
 
 
+#: Host memory one example takes while built, with a margin over the measured peak:
+#: 6.2 kB per example (the rise of peak RSS) measured at n=2,000-10,000 (toy tokenizer, 20 positions).
+BYTES_PER_EXAMPLE = 10_000
+
+
 TASK = Task(
     name=NAME,
     metric_kind="logit_diff",
@@ -110,4 +118,6 @@ TASK = Task(
                 "metric logit(IO) - logit(S).",
     builder=make,
     capacity_fn=capacity,
+    bytes_per_example=BYTES_PER_EXAMPLE,
+    repeats=True,  # prompts are drawn with replacement: n may exceed the capacity
 )

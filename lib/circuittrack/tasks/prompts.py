@@ -7,11 +7,12 @@ tensors. Any Hugging Face tokenizer works (``__call__``, ``decode``, ``eos_token
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from circuittrack.errors import InvalidInput
-from circuittrack.tasks.data import MetricKind, TaskData
+
+if TYPE_CHECKING:
+    from circuittrack.tasks.data import MetricKind, TaskData
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -71,6 +72,9 @@ def build_task_data(
     ``answer_ids[i]`` / ``answer_signs[i]`` list the scored tokens of example ``i`` and their signs; they are
     merged into one answer column set (sorted ids) with a sign matrix [n, A] (0 where a token is unused).
     """
+    import torch  # here, so that the task registry imports without torch
+
+    from circuittrack.tasks.data import TaskData
     n = len(clean_ids)
     if n == 0:
         raise InvalidInput(f"{task}: no examples to build")

@@ -17,22 +17,21 @@ import copy
 import torch
 from torch import nn
 
-from circuittrack.errors import InvalidInput, choices
+from circuittrack import options
+from circuittrack.errors import InvalidInput
 from circuittrack.models.runners.nnsight import NNsightRunner
 from circuittrack.models.runners.runner import Runner
 from circuittrack.models.runners.torch_hooks import TorchRunner
 from circuittrack.models.runners.transformer_lens import TransformerLensRunner
 
-BACKENDS = ("torch", "nnsight", "transformer_lens")
+BACKENDS = options.BACKENDS
 #: Plain PyTorch hooks: the fastest backend in ``make bench`` (see docs/architecture.md), with identical scores.
 DEFAULT_BACKEND = "torch"
 _RUNNERS = {"transformer_lens": TransformerLensRunner, "nnsight": NNsightRunner, "torch": TorchRunner}
 
 
 def check_backend(backend: str) -> str:
-    if backend not in _RUNNERS:
-        raise InvalidInput(f"unknown backend {backend!r}; valid backends: {choices(BACKENDS)}")
-    return backend
+    return options.check_backend(backend)
 
 
 def get_runner(backend: str, model, device: torch.device | str | None = None,
