@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from circuittrack.cli import build_parser, failure_causes, main
+from circuittrack.errors import InvalidInput
 from circuittrack.sweeps.grid import load_grid
 from circuittrack.sweeps.store import Store
 
@@ -86,6 +87,23 @@ def test_a_store_that_cannot_be_created_or_written_is_refused(capsys, tmp_path, 
     code, out, err = run(capsys, "sweep", "--grid", grid, "--store", str(locked / "new" / "deeper"))
     assert code == 2 and f"cannot be created: {locked} is not writable" in err
     assert list(locked.iterdir()) == []
+
+
+def test_a_library_sweep_into_a_file_is_refused_before_any_work(tmp_path):
+    """prepare() and run_grid (what notebooks call) check the store as the CLI does."""
+    from circuittrack.figures.source import prepare
+
+    store = tmp_path / "store"
+    store.write_text("x")
+    with pytest.raises(InvalidInput, match="is a file, not a directory"):
+        prepare(_grid(tmp_path), ["behaviour"], "test", store=store, progress=False)
+    assert store.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml", "store"]
+
+
+def test_a_threshold_above_one_in_a_grid_is_refused_at_load(tmp_path):
+    grid = _grid(tmp_path, GRID.replace("behaviour: {n: 8}", "circuit: {threshold: 1.5}"))
+    with pytest.raises(InvalidInput, match=r"analyses: circuit: threshold must be a faithfulness in \(0, 1\]"):
+        load_grid(grid)
 
 
 def test_bad_options_are_refused_without_importing_torch():
@@ -291,3 +309,22 @@ def test_a_csv_task_works_from_the_cli_grids_workers_and_notebooks_and_its_conte
     assert set(metrics["task"]) == {"names"} and len(metrics) == 2
     pd.testing.assert_series_equal(metrics["metric"].reset_index(drop=True),
                                    flipped.sort_values("step")["metric"].reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_stored_column_types_do_not_depend_on_what_else_the_store_holds(tmp_path):
+    """An undefined circuit (no size) used to store circuit_edges as nulls, turning the loaded column to object in
+    a store that also held one, while it stayed int64 in a store without."""
+    from circuittrack.sweeps.run import run_grid
+    from circuittrack.sweeps.store import load_results
+
+    text = GRID.replace("models: [toy-s, toy-m]", "models: [toy-s]").replace("[0, 3200]", "[600, 3200]").replace(
+        "behaviour: {n: 8}", "circuit: {ig_steps: 2, max_size: 40, fractions: false}")  # IOI is negative at 600
+    both, final = Store(tmp_path / "both"), Store(tmp_path / "final")
+    run_grid(load_grid(_grid(tmp_path, text)), both, progress=False)
+    run_grid(load_grid(_grid(tmp_path, text.replace("[600, 3200]", "[3200]"))), final, progress=False)
+    mixed = load_results("circuit", "summary", store=both)
+    alone = load_results("circuit", "summary", store=final)
+    assert list(mixed["status"] == "undefined") == [True, False] and mixed["circuit_edges"].isna().sum() == 1
+    assert (mixed.dtypes == alone.dtypes).all(), mixed.dtypes[mixed.dtypes != alone.dtypes]
+    assert str(alone["circuit_edges"].dtype) == "Int64" and int(alone["circuit_edges"].iloc[0]) > 0

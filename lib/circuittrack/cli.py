@@ -283,35 +283,10 @@ def _register_circuit_command(add: Callable) -> None:
 
 
 # ----- sweep / status --------------------------------------------------------------------------------------
-def check_store_path(value: str | None, writable: bool = True):
-    """The results directory ``--store`` names (default: $CIRCUITTRACK_DATA/results), refused before any work when
-    it is a file, or (``writable``) when it or the folder it would be created in cannot be written. Creates
-    nothing."""
-    import os
-    from pathlib import Path
-
-    from circuittrack import paths
-
-    root = Path(value) if value is not None else paths.results_dir()
-    shown = str(value) if value is not None else f"{root} (the default store)"
-    if root.exists() and not root.is_dir():
-        raise InvalidInput(f"--store {shown} is a file, not a directory; give a results directory")
-    if writable:
-        probe = root
-        while not probe.exists():
-            if probe.parent == probe:
-                break
-            probe = probe.parent
-        if not probe.is_dir():
-            raise InvalidInput(f"--store {shown} cannot be created: {probe} is a file")
-        if not os.access(probe, os.W_OK | os.X_OK):
-            what = "is not writable" if probe == root else f"cannot be created: {probe} is not writable"
-            raise InvalidInput(f"--store {shown} {what}; give a directory you can write to")
-    return root
-
-
 def _grid_and_store(args: argparse.Namespace, writable: bool = True):
     from circuittrack.sweeps.grid import load_grid
+
+    from circuittrack.sweeps.store import check_store_path
 
     root = check_store_path(args.store, writable)
     _check_device_dtype(args, available=False)  # a run checks the grid's devices; a dry run plans for any
@@ -506,6 +481,8 @@ def _register_sweep_commands(add: Callable) -> None:
 def cmd_results(args: argparse.Namespace) -> None:
     from circuittrack.sweeps.contents import contents_text, store_contents
 
+    from circuittrack.sweeps.store import check_store_path
+
     root = check_store_path(args.store, writable=False)
     _emit(args, store_contents(root), contents_text)
 
@@ -518,6 +495,8 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--jobs must be a positive integer, got {args.jobs}")
     profile_parameters(args.profile)
     check_selection(args.only, profile=args.profile)
+    from circuittrack.sweeps.store import check_store_path
+
     check_store_path(args.store)
     _check_device_dtype(args)  # the notebooks run on this machine: the device must exist here
     report = run_notebooks(args.profile, jobs=args.jobs, only=args.only, out_dir=args.out, store=args.store,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from circuittrack.errors import InvalidInput, choices
+from circuittrack.options import check_threshold
 from circuittrack.progress import kernel_bars_on
 
 AUTO = "auto"
@@ -38,6 +39,7 @@ class Param:
     file: bool = False
     special: tuple[str, ...] = ()  # values of a file parameter that name no file
     suffixes: tuple[str, ...] = ()  # the file names a file parameter accepts (empty: any)
+    valid: Callable | None = None  # a further check of the value (raises InvalidInput), e.g. a range
 
     def check(self, value, where: str, task: str | None, tasks=None):
         """The value for ``task`` (a per-task mapping picks it); ``tasks``, when given, are the valid keys of such
@@ -64,6 +66,11 @@ class Param:
         if isinstance(value, int) and not isinstance(value, bool) and value < 1 and self.name != "seed" \
                 and not self.allowed:
             raise InvalidInput(f"{where}: {self.name} must be positive, got {value!r}")
+        if self.valid is not None:
+            try:
+                self.valid(value)
+            except InvalidInput as err:
+                raise InvalidInput(f"{where}: {err}") from None
         return value
 
     def _kinds(self) -> str:
@@ -258,7 +265,8 @@ register(Analysis(
         Param("backend", (str,), "torch", "runner", allowed=("torch", "nnsight", "transformer_lens")),
         Param("batch_size", (int, str), AUTO, "examples per pass, or auto"),
         Param("circuit_batch", (int, str), AUTO, "circuits per evaluation pass, or auto"),
-        Param("threshold", (float, int), 0.8, "faithfulness the circuit must reach"),
+        Param("threshold", (float, int), 0.8, "faithfulness the circuit must reach, in (0, 1]",
+              valid=check_threshold),
         Param("max_size", (int,), 1600, "largest greedy circuit searched (the paper: 1600)"),
         Param("keep_scores", (bool,), False, "also store every edge's score (large at 2.8b)"),
         Param("fractions", (bool,), True, "also evaluate the greedy circuits at the MIB edge fractions (0.1% to "

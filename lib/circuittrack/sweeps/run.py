@@ -28,7 +28,7 @@ from circuittrack.sweeps.analyses import get_analysis
 from circuittrack.sweeps.claims import Claims
 from circuittrack.sweeps.grid import Grid, Unit
 from circuittrack.sweeps.cost import unit_flops
-from circuittrack.sweeps.store import Store, file_digest
+from circuittrack.sweeps.store import Store, check_store_path, file_digest
 
 @dataclass
 class Status:
@@ -113,6 +113,7 @@ def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, exe
     check_evict(grid, evict)
     if not (executor == "ray" and ray_address):  # a cluster's devices are its nodes', not this machine's
         check_devices(grid)
+    check_store_path(store.root)
     claims = Claims(store.root)  # checks CIRCUITTRACK_CLAIM_TIMEOUT
     t0 = time.perf_counter()
     store.clean_partials()

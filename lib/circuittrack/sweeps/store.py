@@ -88,6 +88,28 @@ class Job:
         return f"{self.model} step {self.step} {self.analysis}" + (f" {self.task}" if self.task else "")
 
 
+def check_store_path(value: str | Path | None, writable: bool = True) -> Path:
+    """The results directory ``--store`` names (default: $CIRCUITTRACK_DATA/results), refused before any work when
+    it is a file, or (``writable``) when it or the folder it would be created in cannot be written. Creates
+    nothing."""
+    root = Path(value) if value is not None else paths.results_dir()
+    shown = str(value) if value is not None else f"{root} (the default store)"
+    if root.exists() and not root.is_dir():
+        raise InvalidInput(f"--store {shown} is a file, not a directory; give a results directory")
+    if writable:
+        probe = root
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if not probe.is_dir():
+            raise InvalidInput(f"--store {shown} cannot be created: {probe} is a file")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            what = "is not writable" if probe == root else f"cannot be created: {probe} is not writable"
+            raise InvalidInput(f"--store {shown} {what}; give a directory you can write to")
+    return root
+
+
 def file_digest(path: str | Path) -> str:
     """The sha256 of a file's content (what a job that reads the file is keyed by)."""
     h = hashlib.sha256()
