@@ -75,6 +75,19 @@ def make_task(vocab: int = VOCAB, n: int = 6, P: int = 7, kind: str = "logit_dif
                     answer_pos=lengths - 1, answer_tokens=torch.tensor([5, 9]), answer_sign=sign)
 
 
+@pytest.fixture(autouse=True)
+def only_builtin_tasks():
+    """Every test starts and ends with the built-in tasks only: CSV tasks a test registers (by path, from a grid,
+    or in Python) leave with it, so no later test lists them."""
+    from circuittrack.tasks import registry
+
+    before = dict(registry.TASKS)
+    yield
+    registry.TASKS.clear()
+    registry.TASKS.update(before)
+    registry._CSV_TASKS.clear()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def single_thread():
     """Tiny models run fastest (and without OpenMP contention on a shared 2-core box) on one thread."""
@@ -103,3 +116,15 @@ def gpt2_model():
 def fresh():
     """Deep copy helper: TransformerLens wraps models in place, so each backend gets its own copy."""
     return copy.deepcopy
+
+
+def run_cli(capsys, *argv):
+    """``circuittrack ARGV`` in this process: (exit status, stdout, stderr); argparse's own usage errors exit 2."""
+    from circuittrack.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -4,16 +4,7 @@ import json
 
 import pytest
 import torch
-from circuittrack.cli import main
-
-
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:  # argparse's own usage errors (exit 2)
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run_cli as run
 
 
 CIRCUIT = ["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "ioi"]

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from circuittrack.cli import build_parser, failure_causes, main
+from circuittrack.cli import build_parser, failure_causes
 from circuittrack.errors import InvalidInput
 from circuittrack.sweeps.grid import load_grid
 from circuittrack.sweeps.store import Store
+from conftest import run_cli as run
 
 REPO = Path(__file__).resolve().parents[1]
 CIRCUIT = ["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "ioi"]
@@ -25,15 +26,6 @@ tasks: [ioi]
 analyses:
   behaviour: {n: 8}
 """
-
-
-def run(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def commands() -> list[str]:

@@ -10,20 +10,10 @@ import sys
 import pytest
 from circuittrack.errors import InvalidInput
 from circuittrack.sweeps.store import file_digest
-from circuittrack.tasks import TASKS, Task, get_task, registry, resolve_task, task_for_job
+from circuittrack.tasks import TASKS, Task, get_task, resolve_task, task_for_job
 
 HEADER = "clean,corrupted,correct,incorrect\n"
 ROWS = 'So Amy is,So Jack is," she"," he"\nSo Bob is,So Ann is," he"," she"\n'
-
-
-@pytest.fixture(autouse=True)
-def _clean_registry():
-    """Each test starts and ends with the built-in tasks only."""
-    before = dict(TASKS)
-    yield
-    TASKS.clear()
-    TASKS.update(before)
-    registry._CSV_TASKS.clear()
 
 
 def _write(path, text: str = HEADER + ROWS):

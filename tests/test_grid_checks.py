@@ -39,15 +39,6 @@ def write(folder: Path, text: str, name: str = "grid.yaml") -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _forget_csv_tasks():
-    """CSV tasks a test registers are dropped after it (a task name is one file per process)."""
-    before = dict(registry.TASKS)
-    yield
-    registry.TASKS.clear()
-    registry.TASKS.update(before)
-
-
 def refused(path: Path, *needles: str, **overrides) -> str:
     with pytest.raises(InvalidInput) as err:
         load_grid(path, **overrides)

@@ -13,23 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from circuittrack.cli import main
 from circuittrack.models.suites import get_suite
 from circuittrack.sweeps.analyses import ANALYSES, Analysis, register
 from circuittrack.sweeps.grid import load_grid
 from circuittrack.sweeps.run import run_grid, status
 from circuittrack.sweeps.store import Store, load_results
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
