@@ -180,9 +180,9 @@ def check_devices(grid: Grid) -> None:
     for device in dict.fromkeys(u.device for u in grid.units):
         try:
             parse_device(device)
-        except InvalidInput as err:
-            raise InvalidInput(f"{grid.path}: device {device!r} cannot be used here ({err}); pass --device cpu to "
-                               "run the grid on the CPU, or edit the grid's device") from None
+        except InvalidInput:
+            raise InvalidInput(f"{grid.path}: device {device!r} is not available on this machine; pass --device cpu "
+                               "to run the grid on its CPU, or edit the grid's device") from None
 
 
 def train_toy_models(units: list[Unit], progress: bool = True, workers: int = 1) -> list[str]:
