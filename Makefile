@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip's "Location ... is ignored" lines come from this machine's extra local indexes; they are harmless.
 PIPQUIET := grep -v -e 'is ignored: it is neither' || true
 
-.PHONY: venv toy test test-fast book notebooks bench clean-book
+.PHONY: venv toy test test-fast book notebooks bench clean-book lab
 
 ## venv: create .venv (if missing) and install the pinned dependencies plus this package (editable)
 venv: $(STAMP)
@@ -58,6 +58,16 @@ book: notebooks
 	  --toc "$$($(PY) -c 'from circuittrack.book.notebooks import book_toc; print(book_toc("$(PROFILE)"))')"
 	@$(PY) -m circuittrack.book.check _build/html _build/screenshots
 	@echo "==> open _build/html/index.html"
+
+## lab: JupyterLab on notebooks/ with this environment registered as the kernel "circuittrack", offline (no news
+##      feed, no update check, no extension index); LAB_ARGS adds options, e.g. LAB_ARGS="--no-browser --port 8899"
+LAB_ARGS ?=
+lab: venv
+	@$(PY) -m ipykernel install --sys-prefix --name circuittrack --display-name "circuittrack (.venv)" >/dev/null
+	@echo "==> JupyterLab on notebooks/ (kernel: circuittrack); stop it with Ctrl-C"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/jupyter-lab --notebook-dir=notebooks --LabApp.news_url=None \
+	  --LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate \
+	  --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 ## bench: toy training speed (edition 2's step against edition 3's, tokens per second, where the time goes),
 ##        EAP-IG speed and memory (toy-l, a random Pythia-160m shape) and circuit discovery at Pythia-2.8b graph

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from circuittrack.book.check import INSTALL_HINT, check_book, external_loads, find_chromium
+from circuittrack.book.check import INSTALL_HINT, check_book, check_page, external_loads, find_chromium, unfolded_code
 from circuittrack.book.notebooks import book_toc, list_notebooks, run_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +71,29 @@ def test_the_external_load_check_sees_cdn_scripts_and_ignores_links():
     page = ('<script src="https://cdn.jsdelivr.net/npm/vega@6"></script><script src="../vega/vega.min.js"></script>'
             '<link rel="stylesheet" href="//fonts.example/x.css"><a href="https://arxiv.org/abs/2407.10827">paper</a>')
     assert external_loads(page) == ["https://cdn.jsdelivr.net/npm/vega@6", "//fonts.example/x.css"]
+
+
+def test_the_page_check_sees_console_errors_and_unfolded_code(tmp_path):
+    """A script declaring a constant twice (what Jupyter Book's thebe setup did on every page) and an exception are
+    console errors; a code cell outside a "show code" toggle is unfolded code."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip(f"no Chromium: {INSTALL_HINT} (CI installs it, so CI always runs this test)")
+    page = tmp_path / "p.html"
+    page.write_text('<html><body><p>text</p><script>const X = 1;</script><script>const X = 2;</script>'
+                    '<script>console.log("fine"); throw new TypeError("boom")</script>'
+                    '<div class="cell_input docutils container">code</div>'
+                    '<details class="admonition hide above-input"><div class="cell_input">hidden</div></details>'
+                    '</body></html>')
+    report = check_page(chromium, page, tmp_path, None)
+    assert any("Identifier 'X' has already been declared" in e for e in report.console_errors), report
+    assert any("TypeError: boom" in e for e in report.console_errors) and not any("fine" in e for e in
+                                                                                 report.console_errors)
+    assert report.unfolded_code == 1 and len(report.problems) == 3
+    clean = tmp_path / "q.html"
+    clean.write_text('<html><body><script>console.log("[PST]: Changed to auto mode")</script></body></html>')
+    assert check_page(chromium, clean, tmp_path, None).problems == []
+    assert unfolded_code('<div class="cell_input">a</div>') == 1
 
 
 @pytest.mark.slow

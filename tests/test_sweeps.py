@@ -370,9 +370,10 @@ def test_notebooks_get_the_profile_parameters_they_declare_and_a_failure_does_no
     got = json.loads(seen.read_text())
     assert got == {"grid": "grids/smoke.yaml", "jobs": 2, "profile": "smoke"}
     assert (out / "01_ok.ipynb").exists() and (out / "02_broken.ipynb").exists()  # the error is in the copy
-    injected = [c for c in json.loads((out / "01_ok.ipynb").read_text())["cells"]
-                if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert len(injected) == 1 and "hide-input" in injected[0]["metadata"]["tags"]  # folded in the book
+    cells = json.loads((out / "01_ok.ipynb").read_text())["cells"]
+    assert sum("injected-parameters" in c["metadata"].get("tags", []) for c in cells) == 1
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert len(code) >= 2 and all("hide-input" in c["metadata"]["tags"] for c in code)  # folded in the book
 
 
 def test_notebooks_command_refuses_bad_input_before_any_work(capsys, tmp_path):

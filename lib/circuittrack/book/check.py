@@ -1,8 +1,9 @@
 """Checking a built book as a reader meets it: every page opened in headless Chromium with the network off.
 
 For each HTML page: no element loads anything from outside the build folder (script, stylesheet, image, frame
-sources), every chart element holds a rendered ``svg`` or ``canvas``, no "Error loading script" text, math is
-typeset by the vendored MathJax where the page has math, and a screenshot is written for a person to look at.
+sources), every chart element holds a rendered ``svg`` or ``canvas``, no "Error loading script" text, no error in
+the browser console (an uncaught exception, a failed load, a console error), math is typeset by the vendored
+MathJax where the page has math, and a screenshot is written for a person to look at.
 Chromium runs with every network request sent to a dead proxy, so a page that needed the internet would show
 it. Debian's ``chromium`` package provides the browser.
 """
@@ -86,6 +87,8 @@ class PageReport:
     charts: int = 0
     charts_rendered: int = 0
     script_errors: int = 0
+    console_errors: list[str] = field(default_factory=list)
+    unfolded_code: int = 0  # code cells shown without a click (the book folds them behind "show code")
     has_math: bool = False
     math_rendered: bool = False
     screenshot: str | None = None
@@ -97,9 +100,33 @@ class PageReport:
             out.append(f"{self.charts - self.charts_rendered} of {self.charts} charts did not render")
         if self.script_errors:
             out.append("'Error loading script' on the page")
+        out += [f"console error: {e}" for e in self.console_errors]
+        if self.unfolded_code:
+            out.append(f"{self.unfolded_code} code cells shown unfolded")
         if self.has_math and not self.math_rendered:
             out.append("math is not typeset (MathJax did not run)")
         return out
+
+
+#: Chromium's log line for a console message: ``...:INFO:CONSOLE:62] "message", source: URL (62)``.
+_CONSOLE = re.compile(r':CONSOLE[:(]\d*\)?\] "(?P<msg>.*)", source: (?P<src>\S*)')
+#: Console messages that are errors: uncaught exceptions, resources that failed to load, console.error output.
+_CONSOLE_ERROR = re.compile(r"^(Uncaught\b|Failed to load\b|Error\b|\w*Error:|Access to .* blocked)")
+
+
+def console_errors(log: str) -> list[str]:
+    """The error messages among the console lines of Chromium's log (``--enable-logging=stderr``)."""
+    out = []
+    for line in log.splitlines():
+        m = _CONSOLE.search(line)
+        if m and _CONSOLE_ERROR.match(m.group("msg")):
+            out.append(f"{m.group('msg')} ({m.group('src').rsplit('/', 1)[-1]})")
+    return out
+
+
+def unfolded_code(html: str) -> int:
+    """Code cells a reader sees without a click: cell inputs not inside a "hide above-input" toggle."""
+    return max(0, html.count('class="cell_input') - len(re.findall(r'<details class="[^"]*\bhide above-input\b', html)))
 
 
 def external_loads(html: str) -> list[str]:
@@ -114,7 +141,9 @@ def check_page(chromium: str, page: Path, root: Path, shots: Path | None) -> Pag
     report = PageReport(rel, external=external_loads(page.read_text(errors="replace")))
     source = page.read_text(errors="replace")
     report.has_math = bool(re.search(r'class="[^"]*\bmath\b', source))
-    dom = _chromium(chromium, page, ["--dump-dom"])
+    report.unfolded_code = unfolded_code(source)
+    dom, log = _chromium(chromium, page, ["--dump-dom", "--enable-logging=stderr", "--v=0"])
+    report.console_errors = console_errors(log)
     charts = _Charts()
     charts.feed(dom)
     report.charts, report.charts_rendered = len(charts.rendered), sum(charts.rendered)
@@ -141,7 +170,7 @@ def check_book(html_root: Path, shots: Path | None = None, chromium: str | None 
     return [check_page(chromium, p, html_root, shots) for p in pages]
 
 
-def _chromium(chromium: str, page: Path, extra: list[str]) -> str:
+def _chromium(chromium: str, page: Path, extra: list[str]) -> tuple[str, str]:
     with tempfile.TemporaryDirectory() as profile:
         cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
@@ -149,7 +178,7 @@ def _chromium(chromium: str, page: Path, extra: list[str]) -> str:
                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
                "--allow-file-access-from-files", *extra, page.resolve().as_uri()]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        return done.stdout
+        return done.stdout, done.stderr
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,19 +124,20 @@ def run_notebooks(profile: str = "toy", jobs: int = 1, only: list[str] | None = 
             papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters=given, cwd=str(out_dir),
                                        progress_bar=progress, kernel_name="python3", log_output=False)
             report.executed.append((nb.stem, round(time.perf_counter() - t0, 1)))
-            _fold_injected_parameters(out_dir / nb.name)
+            fold_code(out_dir / nb.name)
         except papermill.PapermillExecutionError as err:
             report.failed.append((nb.stem, f"{err.ename}: {err.evalue}"))
     return report
 
 
-def _fold_injected_parameters(path: Path) -> None:
-    """Fold the cell papermill injects (machine-specific paths) behind a toggle in the book ("hide-input")."""
+def fold_code(path: Path) -> None:
+    """Fold every code cell of an executed notebook behind a "show code" toggle in the book ("hide-input"), so a
+    reader meets the narrative, figures and tables first; the outputs stay visible."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "hide-input" not in tags:
+        if cell.cell_type == "code" and "hide-input" not in tags:
             cell.metadata["tags"] = [*tags, "hide-input"]
     nbformat.write(nb, str(path))
