@@ -487,6 +487,92 @@ def cmd_results(args: argparse.Namespace) -> None:
     _emit(args, store_contents(root), contents_text)
 
 
+# ----- export ----------------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    from circuittrack.sweeps.export import FORMATS
+
+    if args.format not in FORMATS:
+        raise InvalidInput(f"--format {args.format!r} is not valid; valid: {choices(FORMATS)}")
+    step = None
+    if args.checkpoint is not None:
+        text = str(args.checkpoint).strip().lower().removeprefix("step")
+        if not text.isdigit():
+            raise InvalidInput(f"--checkpoint must be a stored step number, got {args.checkpoint!r}")
+        step = int(text)
+        if args.all_checkpoints:
+            raise InvalidInput("give --checkpoint STEP or --all-checkpoints, not both")
+    if args.all_checkpoints and args.format == "eap-ig":
+        raise InvalidInput("--format eap-ig writes one checkpoint (EAP-IG's graph file holds one circuit); give "
+                           "--checkpoint STEP instead of --all-checkpoints")
+    _check_out("--out", args.out, (".json",))
+    from circuittrack.sweeps.store import check_store_path
+
+    root = check_store_path(args.store, writable=False)
+    if not root.is_dir():
+        raise InvalidInput(f"--store {args.store or root} does not exist; give a results directory")
+    from circuittrack.sweeps.export import default_name, export_circuits, find_jobs, to_eap_ig, write_export
+
+    if step is None and not args.all_checkpoints:
+        jobs = find_jobs(root, args.suite, args.model, args.task, key=args.key)
+        if args.key is None:
+            raise InvalidInput(f"give --checkpoint STEP or --all-checkpoints; {jobs[0]['model']} {jobs[0]['task']} "
+                               f"has stored circuits at steps {choices(m['step'] for m in jobs)}")
+        steps = [next(m["step"] for m in jobs if m["key"] == args.key)]
+    else:
+        steps = None if args.all_checkpoints else [step]
+    jobs = find_jobs(root, args.suite, args.model, args.task, steps, args.key)
+    model, task = jobs[0]["model"], jobs[0]["task"]
+    out = Path(args.out) if args.out else Path.cwd() / default_name(model, task, [m["step"] for m in jobs]
+                                                                    if steps is not None else [], args.format)
+    probe = out.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidInput(f"--out {out}: {probe} is not a writable directory")
+    export = export_circuits(root, model=model, task=task, suite=jobs[0]["suite"], steps=steps, key=args.key,
+                             circuit_only=args.circuit_only)
+    obj = to_eap_ig(export) if args.format == "eap-ig" else export
+    write_export(obj, out)
+    points = export["checkpoints"]
+    payload = {"out": str(out), "format": args.format, "suite": export["suite"], "model": model, "task": task,
+               "method": export["method"], "steps": [p["step"] for p in points], "keys": [p["key"] for p in points],
+               "edges_complete": all(p["edges_complete"] for p in points),
+               "edges": sum(len(p["edges"]) for p in points) if args.format == "circuittrack" else len(obj["edges"])}
+
+    def text(p: dict) -> str:
+        steps_text = (f"step {p['steps'][0]}" if len(p["steps"]) == 1 else
+                      f"{len(p['steps'])} checkpoints (steps {p['steps'][0]}..{p['steps'][-1]})")
+        lines = [f"wrote {p['out']}: {p['model']} {p['task']} circuit{'s' if len(p['steps']) > 1 else ''} "
+                 f"({p['method']}), {steps_text}, {p['edges']:,} edges ({p['format']} format)"]
+        if not p["edges_complete"]:
+            lines.append("  only the circuits' edges: " + ("--circuit-only" if args.circuit_only else
+                         "the jobs stored no score of the other edges (keep_scores: true in the grid stores them)"))
+        return "\n".join(lines)
+
+    _emit(args, payload, text)
+
+
+def _register_export_command(add: Callable) -> None:
+    sp = add("export", cmd_export, "write stored circuits as JSON (circuittrack's schema or EAP-IG's graph file)")
+    sp.add_argument("--suite", default=None, help="suite of the stored circuits (optional with --key)")
+    sp.add_argument("--model", default=None, help="model (optional with --key)")
+    sp.add_argument("--task", default=None, help="task (optional with --key)")
+    sp.add_argument("--checkpoint", default=None, help="the stored step to export")
+    sp.add_argument("--all-checkpoints", action="store_true", help="every stored step: the circuit over training")
+    sp.add_argument("--key", default=None, help="a stored job's key: picks its parameter variant where several "
+                    "are stored (alone: that job)")
+    sp.add_argument("--store", default=None, help="results directory (default: $CIRCUITTRACK_DATA/results)")
+    sp.add_argument("--out", default=None, help="output .json (default: <model>-<task>-step<N>.json or "
+                    "<model>-<task>-over-training.json here)")
+    sp.add_argument("--format", default="circuittrack", help="circuittrack (default; docs/export.md) or eap-ig "
+                    "(EAP-IG's Graph.to_json layout, one checkpoint)")
+    sp.add_argument("--circuit-only", action="store_true",
+                    help="only the circuits' edges, even where every edge's score is stored")
+
+
 # ----- notebooks -------------------------------------------------------------------------------------------
 def cmd_notebooks(args: argparse.Namespace) -> int:
     from circuittrack.book.notebooks import check_selection, profile_parameters, run_notebooks
@@ -614,7 +700,7 @@ def _model_args(sp: argparse.ArgumentParser, checkpoint_required: bool = True) -
 
 #: Functions ``register(add)`` that add further subcommands (tasks, eval, circuit) below.
 _EXTRA_COMMANDS: list[Callable] = [_register_task_commands, _register_circuit_command, _register_sweep_commands,
-                                   _register_notebook_command, _register_heads_command]
+                                   _register_notebook_command, _register_heads_command, _register_export_command]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -342,7 +342,7 @@ def load_results(analysis: str, table: str, *, store: str | Path | Store | None 
         dirs = [d for d in dirs if d.name in wanted]
     frames = []
     for d in dirs:
-        df = _read_table(d, table)
+        df = read_table(d, table)
         if isinstance(df, str):
             warnings.warn(f"results store {base}: skipped job {d.name} ({analysis}/{table}): {df}; rerun the sweep "
                           "to recompute it", DamagedResult, stacklevel=2)
@@ -360,7 +360,7 @@ def load_results(analysis: str, table: str, *, store: str | Path | Store | None 
     return df.sort_values(sort, kind="stable").reset_index(drop=True) if sort else df
 
 
-def _read_table(folder: Path, table: str) -> pd.DataFrame | str | None:
+def read_table(folder: Path, table: str) -> pd.DataFrame | str | None:
     """Table ``table`` of the job stored in ``folder``; None if the job has no such table (or ``folder`` is no
     job), or why it is damaged."""
     path = folder / f"{table}.parquet"
