@@ -71,7 +71,8 @@ lab: venv
 
 ## bench: toy training speed (edition 2's step against edition 3's, tokens per second, where the time goes),
 ##        EAP-IG speed and memory (toy-l, a random Pythia-160m shape) and circuit discovery at Pythia-2.8b graph
-##        size (scores, greedy order over 1.6M edges, size search to 1600 edges); DEVICE=cuda on a GPU
+##        size (scores, greedy order over 1.6M edges, size search to 1600 edges); DEVICE=cuda on a GPU; the circuit
+##        viewer at that size in headless Chromium (1,600 edges x 150 checkpoints: page load, slider move)
 DEVICE ?= cpu
 bench: toy
 	@mkdir -p benchmarks/out
@@ -83,6 +84,7 @@ bench: toy
 	  --out benchmarks/out/attribution-pythia160m-$(DEVICE).json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_circuits.py --device $(DEVICE) \
 	  --out benchmarks/out/circuits-pythia2.8b-graph-$(DEVICE).json
+	$(PY) benchmarks/bench_viewer.py --out benchmarks/out/viewer-pythia2.8b-size.json
 
 clean-book:
 	rm -rf _build book/executed

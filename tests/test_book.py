@@ -3,6 +3,7 @@ every page opened in headless Chromium with the network off; screenshots under _
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from circuittrack.book.check import INSTALL_HINT, check_book, check_page, external_loads, find_chromium, unfolded_code
+from circuittrack.figures import circuit_graph
+from circuittrack.figures.theme import TASK_TITLES
+from circuittrack.sweeps.grid import load_grid
+from circuittrack.sweeps.store import load_results
+from circuittrack.book.check import (INSTALL_HINT, check_book, check_page, drive_slider, external_loads,
+                                     figure_references, find_chromium, unfolded_code)
 from circuittrack.book.notebooks import book_toc, list_notebooks, run_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +102,17 @@ def test_the_page_check_sees_console_errors_and_unfolded_code(tmp_path):
     assert unfolded_code('<div class="cell_input">a</div>') == 1
 
 
+def test_the_figure_check_sees_unreferenced_figures_and_dangling_references():
+    page = ("<p>Figure 2.1 shows sizes; see Figures 2.3a and 2.4 and the paper's Figure 4 B.</p>"
+            "<p><strong>Figure 2.1: Size.</strong> Source: ...</p><p><strong>Figure 2.2: Nodes.</strong></p>"
+            "<p><strong>Figure 2.3a: One.</strong></p><p><strong>Figure 2.3b: Two.</strong></p>"
+            '<script>{"title": "Figure 2.2 in a spec is not text"}</script>')
+    figures, unreferenced, dangling = figure_references(page)
+    assert figures == ["2.1", "2.2", "2.3a", "2.3b"]
+    assert unreferenced == ["2.2"] and dangling == ["2.4"]
+    assert figure_references("<p>Figure\n 1.1</p><strong>Figure 1.1: A.</strong>")[1:] == ([], [])
+
+
 @pytest.mark.slow
 def test_every_page_renders_in_headless_chromium_offline(built_book):
     chromium = find_chromium()
@@ -111,9 +128,55 @@ def test_every_page_renders_in_headless_chromium_offline(built_book):
         assert r.problems == [], f"{page}: {r.problems}"
         assert r.screenshot is not None and Path(r.screenshot).stat().st_size > 10_000
     assert reports["book/executed/01_task_behaviour.html"].charts == 1
-    assert reports["book/executed/02_circuits_over_training.html"].charts == 7
+    viewers = len(circuit_graph.drawable(_stored_edges(site), ["toy-s"]))
+    assert viewers >= 1
+    assert reports["book/executed/02_circuits_over_training.html"].charts == 7 + viewers
+    assert reports["book/executed/04_ioi_algorithm.html"].figures[:2] == ["4.1a", "4.2"]  # Figure 4A for toy-s
     methods = reports["book/methods.html"]
     assert methods.has_math and methods.math_rendered  # the vendored MathJax typeset the equations
+
+
+def _stored_edges(site: Path):
+    """The circuit edges of the smoke book's store, one job per checkpoint (the whole dataset: half 0)."""
+    grid = load_grid(REPO / "grids" / "smoke.yaml")
+    keys = [j.key for j in grid.jobs if j.analysis == "circuit" and j.params.get("half") == 0]
+    return load_results("circuit", "edges", store=site / "store", keys=keys)
+
+
+@pytest.mark.slow
+def test_the_circuit_viewers_slider_moved_in_chromium_draws_the_stored_circuits(built_book):
+    """Chapter 2 as a reader meets it: each viewer's slider moved to its first and last checkpoint draws exactly
+    the edges the store holds for that model, task and step (the view's scenegraph and the SVG agree)."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip(f"no Chromium: {INSTALL_HINT} (CI installs it, so CI always runs this test)")
+    site, _, build = built_book
+    assert build.returncode == 0
+    edges = _stored_edges(site)
+    titles = {v: k for k, v in TASK_TITLES.items()}
+    report = drive_slider(chromium, site / "_build" / "html" / "book" / "executed" / "02_circuits_over_training.html",
+                          [0, -1])
+    assert report and all("error" not in r for r in report), report
+    assert len(report) == 2 * len(circuit_graph.drawable(edges, ["toy-s"]))
+    for r in report:
+        task, model = re.match(r"(.+) circuit of (\S+) at step", r["title"]).groups()
+        d = edges[(edges["model"] == model) & (edges["task"] == titles[task]) & (edges["step"] == r["step"])]
+        assert sorted(r["scene"]) == sorted(r["svg"]) == sorted(d["source"] + "->" + d["target"]), r["title"]
+    first, last = report[0], report[1]
+    assert first["step"] == int(edges[edges["task"] == "ioi"]["step"].min()) and last["step"] == 3200
+
+
+@pytest.mark.slow
+def test_the_intros_verdicts_link_to_rows_of_the_claims_table(built_book):
+    site, _, build = built_book
+    assert build.returncode == 0
+    html = site / "_build" / "html" / "book"
+    intro, claims = (html / "intro.html").read_text(), (html / "executed" / "07_compared_with_paper.html").read_text()
+    links = re.findall(r'href="executed/07_compared_with_paper.html#([^"]+)"', intro)
+    assert links and "Verdicts of this run:" in intro
+    ids = set(re.findall(r'id="([^"]+)"', claims))
+    assert all(a in ids for a in links) and len(set(links)) == len(links)
+    assert len(links) == len(re.findall(r'<td id="T_claims_row\d+_col0"', claims))  # every row, once
 
 
 @pytest.mark.slow

@@ -320,3 +320,13 @@ def test_stored_column_types_do_not_depend_on_what_else_the_store_holds(tmp_path
     assert list(mixed["status"] == "undefined") == [True, False] and mixed["circuit_edges"].isna().sum() == 1
     assert (mixed.dtypes == alone.dtypes).all(), mixed.dtypes[mixed.dtypes != alone.dtypes]
     assert str(alone["circuit_edges"].dtype) == "Int64" and int(alone["circuit_edges"].iloc[0]) > 0
+
+
+def test_a_chapter_says_what_ran_under_its_title_and_links_its_notebook(tmp_path):
+    from circuittrack.figures.source import Source
+
+    grid = load_grid(_grid(tmp_path)).narrowed(models=["toy-m"])
+    line = Source(grid, Store(tmp_path / "s"), "01_task_behaviour").what_ran()
+    assert line.startswith("*What ran:* grid `tiny` (toy suite); models toy-m; 2 checkpoints, steps 0-3,200; tasks ioi")
+    assert '<a href="../../_sources/book/executed/01_task_behaviour.ipynb">01_task_behaviour.ipynb</a>' in line
+

@@ -244,3 +244,54 @@ def test_the_noise_floor_compares_the_two_halves_at_each_checkpoint():
     floor = circuits.noise_floor(half1, half2, summ, summ.iloc[:1])  # step 8 has no second-half circuit
     assert list(floor["step"]) == [7] and floor["jaccard"].iloc[0] == pytest.approx(0.5)
     assert floor["weighted_jaccard"].iloc[0] == pytest.approx(0.5 / 1.5)  # min .5 (a); max 1 (a) + .5 (b)
+
+
+def test_figures_are_numbered_per_chapter_and_panels_share_a_number(tmp_path, monkeypatch):
+    """source.figure numbers a chapter's figures 2.1, 2.2, ...; a group's panels share one number (4.1a, 4.1b)
+    and a figure after the group takes the next; the caption carries the number and ends in the provenance."""
+    import altair as alt
+    import pandas as pd
+    from circuittrack.figures import source as source_mod
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda x: shown.append(x))
+    monkeypatch.setattr("circuittrack.figures.theme.save", lambda *a, **k: None)
+    grid = source_mod.load_grid(Path(__file__).resolve().parents[1] / "grids" / "toy.yaml").narrowed(models=["toy-s"], analyses=["behaviour"])
+    src = source_mod.Source(grid, source_mod.Store(tmp_path / "store"), "04_ioi_algorithm")
+    chart = alt.Chart(pd.DataFrame({"a": [1]})).mark_point()
+    numbers = [src.figure(chart, "a", "**Panel.**", group="g"), src.figure(chart, "b", "**Panel.**", group="g"),
+               src.figure(chart, "c", "**Alone.** More."), src.figure(chart, "d", "plain", group="h")]
+    assert numbers == ["4.1a", "4.1b", "4.2", "4.3a"]
+    captions = [x.data for x in shown if hasattr(x, "data") and isinstance(x.data, str)]
+    assert captions[2].startswith("**Figure 4.2: Alone.** More. Source: notebook `04_ioi_algorithm`")
+    assert captions[3].startswith("**Figure 4.3a.** plain Source:")
+    assert source_mod.Source(grid, src.store, "my_notebook").figure_number() == "1"
+
+
+def test_the_intros_verdicts_link_to_rows_of_the_rendered_claims_table_that_hold_them(tmp_path):
+    """Every item of the verdicts at a glance links to a cell id of the claims table as chapter 7 renders it,
+    and that row has the item, its claim and the verdict it is listed under; every row is linked once."""
+    import re
+
+    from circuittrack.figures import theme
+
+    table = pd.DataFrame({"claim": ["emergence", "emergence", "emergence", "size", "size"],
+                          "item": ["IOI", "SVA", "Greater-Than", "IOI", "toy-m, name mover"],
+                          "paper": ["a"] * 5, "this run": ["b"] * 5,
+                          "verdict": ["holds", "not comparable", "holds", "does not hold", "holds"],
+                          "why": ["w"] * 5})
+    html = theme.table(table, uuid=compare.CLAIMS_TABLE_ID).to_html()
+    cells = dict(re.findall(r'<td id="(T_claims_row\d+_col\d+)"[^>]*>(.*?)</td>', html))
+    text = compare.write_verdicts(table, tmp_path / "figures" / "verdicts.md").read_text()
+    assert text.startswith("**Verdicts of this run: 3 holds, 1 does not hold, 1 not comparable**")
+    linked = []
+    for line in text.splitlines()[2:]:
+        claim = re.match(r"- \*\*(.+?)\*\*: ", line).group(1).lower()
+        for verdict, links in re.findall(r"(holds|does not hold|not comparable): (.*?)(?=; (?:holds|does not|not c)|\.$)",
+                                         line):
+            for anchor, item in re.findall(r'href="[^"]*#([^"]+)">([^<]+)</a>', links):
+                row = re.match(r"T_claims_row(\d+)_col0", anchor).group(1)
+                got = [cells[f"T_claims_row{row}_col{c}"] for c in (0, 1, 4)]
+                assert got == [claim, item, verdict], (anchor, got)
+                linked.append(int(row))
+    assert sorted(linked) == list(range(len(table)))

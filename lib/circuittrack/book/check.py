@@ -3,7 +3,9 @@
 For each HTML page: no element loads anything from outside the build folder (script, stylesheet, image, frame
 sources), every chart element holds a rendered ``svg`` or ``canvas``, no "Error loading script" text, no error in
 the browser console (an uncaught exception, a failed load, a console error), math is typeset by the vendored
-MathJax where the page has math, and a screenshot is written for a person to look at.
+MathJax where the page has math, every numbered figure is referred to in the text (and every reference has its
+figure), and a screenshot is written for a person to look at. :func:`drive_slider` moves a chart's checkpoint
+slider in the browser and reports what is drawn at each position.
 Chromium runs with every network request sent to a dead proxy, so a page that needed the internet would show
 it. Debian's ``chromium`` package provides the browser.
 """
@@ -89,6 +91,9 @@ class PageReport:
     script_errors: int = 0
     console_errors: list[str] = field(default_factory=list)
     unfolded_code: int = 0  # code cells shown without a click (the book folds them behind "show code")
+    figures: list[str] = field(default_factory=list)  # numbered captions, in page order ("2.1", "4.1a", ...)
+    unreferenced: list[str] = field(default_factory=list)  # figure numbers the text never names
+    dangling: list[str] = field(default_factory=list)  # figure numbers the text names but no caption has
     has_math: bool = False
     math_rendered: bool = False
     screenshot: str | None = None
@@ -103,6 +108,8 @@ class PageReport:
         out += [f"console error: {e}" for e in self.console_errors]
         if self.unfolded_code:
             out.append(f"{self.unfolded_code} code cells shown unfolded")
+        out += [f"Figure {n} is never referred to in the text" for n in self.unreferenced]
+        out += [f"the text refers to Figure {n}, which the page does not have" for n in self.dangling]
         if self.has_math and not self.math_rendered:
             out.append("math is not typeset (MathJax did not run)")
         return out
@@ -129,6 +136,23 @@ def unfolded_code(html: str) -> int:
     return max(0, html.count('class="cell_input') - len(re.findall(r'<details class="[^"]*\bhide above-input\b', html)))
 
 
+_CAPTION = re.compile(r"<strong>Figure (\d+\.\d+)([a-z]?)[:.]")
+_NUMBER = r"\d+\.\d+(?:[a-z]\b)?"
+_REFERENCE = re.compile(rf"\bFigures? ({_NUMBER}(?:(?:, | and | or |-){_NUMBER})*)")
+
+
+def figure_references(html: str) -> tuple[list[str], list[str], list[str]]:
+    """The page's numbered figures (captions ``<strong>Figure 2.1: ...``; panels 4.1a, 4.1b share a number), the
+    numbers its text never names, and the numbers it names without such a caption. Scripts (chart specs) and
+    tags are left out of the text; a caption's own label is not a reference."""
+    figures = [n + letter for n, letter in _CAPTION.findall(html)]
+    text = re.sub(r"<script\b.*?</script>", " ", html, flags=re.S)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", _CAPTION.sub(" ", text)))
+    named = {re.sub("[a-z]$", "", n) for ref in _REFERENCE.findall(text) for n in re.findall(_NUMBER, ref)}
+    numbers = list(dict.fromkeys(re.sub("[a-z]$", "", f) for f in figures))
+    return figures, [n for n in numbers if n not in named], sorted(named - set(numbers))
+
+
 def external_loads(html: str) -> list[str]:
     parser = _Loads()
     parser.feed(html)
@@ -142,6 +166,7 @@ def check_page(chromium: str, page: Path, root: Path, shots: Path | None) -> Pag
     source = page.read_text(errors="replace")
     report.has_math = bool(re.search(r'class="[^"]*\bmath\b', source))
     report.unfolded_code = unfolded_code(source)
+    report.figures, report.unreferenced, report.dangling = figure_references(source)
     dom, log = _chromium(chromium, page, ["--dump-dom", "--enable-logging=stderr", "--v=0"])
     report.console_errors = console_errors(log)
     charts = _Charts()
@@ -179,6 +204,77 @@ def _chromium(chromium: str, page: Path, extra: list[str]) -> tuple[str, str]:
                "--allow-file-access-from-files", *extra, page.resolve().as_uri()]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         return done.stdout, done.stderr
+
+
+#: Injected into a copy of a page by :func:`drive_slider`: for every chart with a ``checkpoint`` slider, moves it to
+#: each position (as a reader does: the input's value, then an ``input`` event), waits for the view, and records
+#: the shown step, the edges in the view's scenegraph and those the SVG draws (their ARIA labels).
+_SLIDER_SCRIPT = """
+<script>
+(async () => {
+  const wait = ms => new Promise(r => setTimeout(r, ms));
+  const report = [];
+  const scene = (node, name, acc) => {
+    if (!node) return acc;
+    if (node.marktype && node.name === name) { for (const it of node.items) acc.push(it.datum.edge); return acc; }
+    for (const it of (node.items || [])) scene(it, name, acc);
+    return acc;
+  };
+  try {
+    const n = document.querySelectorAll('.circuittrack-chart').length;
+    for (let i = 0; i < 200 && Object.keys(window.circuittrackViews || {}).length < n; i++) await wait(50);
+    for (const [id, view] of Object.entries(window.circuittrackViews || {})) {
+      const input = document.querySelector('#' + id + ' input[name="checkpoint"]');
+      if (!input) continue;
+      for (const pos of POSITIONS) {
+        const at = pos < 0 ? Number(input.max) + 1 + pos : pos;
+        const t0 = performance.now();
+        input.value = String(at);
+        input.dispatchEvent(new Event('input', {bubbles: true}));
+        await view.runAsync();
+        const ms = performance.now() - t0;
+        const svg = [...document.querySelectorAll('#' + id + ' g.circuit_edges_0_marks [aria-label]')]
+          .map(e => e.getAttribute('aria-label'));
+        const title = document.querySelector('#' + id + ' .role-title-text');
+        report.push({chart: id, position: at, checkpoint: view.signal('checkpoint'), step: view.signal('step'),
+                     title: title ? title.textContent : null, ms: ms,
+                     scene: scene(view.scenegraph().root, 'circuit_edges_0_marks', []), svg: svg});
+      }
+    }
+  } catch (e) { report.push({error: String(e)}); }
+  const out = document.createElement('pre');
+  out.id = 'circuittrack-slider-report';
+  out.textContent = JSON.stringify(report);
+  document.body.appendChild(out);
+})();
+</script>
+"""
+
+
+def drive_slider(chromium: str, page: Path, positions: list[int]) -> list[dict]:
+    """Open ``page`` in headless Chromium (offline) and move every checkpoint slider on it to each of
+    ``positions`` (indexes into the slider's checkpoints; -1 the last). One dict per chart and position:
+    ``chart`` (its div id), ``position``, ``checkpoint`` and ``step`` (the view's signals after the move),
+    ``title`` (the drawn title's first line), ``ms`` (from moving the slider to the redrawn view),
+    ``scene`` (edge names in the view's scenegraph) and ``svg`` (the ARIA labels of the drawn edge elements);
+    ``{"error": ...}`` if the page's script failed. The page is copied beside itself (relative paths keep
+    working) and the copy removed."""
+    import html as html_lib
+    import json
+
+    page = Path(page)
+    text = page.read_text(errors="replace")
+    script = _SLIDER_SCRIPT.replace("POSITIONS", json.dumps([int(p) for p in positions]))
+    copy = page.with_name(f".slider-{page.name}")
+    copy.write_text(text.replace("</body>", script + "</body>") if "</body>" in text else text + script)
+    try:
+        dom, _ = _chromium(chromium, copy, ["--dump-dom"])
+    finally:
+        copy.unlink(missing_ok=True)
+    m = re.search(r'<pre id="circuittrack-slider-report"[^>]*>(.*?)</pre>', dom, flags=re.S)  # the theme adds attributes
+    if m is None:
+        return [{"error": "the page's slider script did not finish (no report in the DOM)"}]
+    return json.loads(html_lib.unescape(m.group(1)))
 
 
 def main(argv: list[str] | None = None) -> int:

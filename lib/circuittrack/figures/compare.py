@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import pandas as pd
 
 from circuittrack.figures import components
@@ -417,6 +419,42 @@ def windows_table(windows: pd.DataFrame) -> pd.DataFrame:
 def verdict_counts(table: pd.DataFrame) -> str:
     counts = table["verdict"].value_counts()
     return ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds", "does not hold", "not comparable"))
+
+
+#: The Styler uuid of the claims table in chapter 7 (``theme.table(table, uuid=CLAIMS_TABLE_ID)``): its cells'
+#: ids are ``T_<uuid>_row<i>_col0``, the anchors the intro's verdicts link to.
+CLAIMS_TABLE_ID = "claims"
+CLAIMS_PAGE = "executed/07_compared_with_paper.html"  # relative to book/intro.md, which includes the verdicts
+
+
+def row_anchor(i: int) -> str:
+    """The id of row ``i``'s first cell in the rendered claims table."""
+    return f"T_{CLAIMS_TABLE_ID}_row{i}_col0"
+
+
+def verdicts_at_a_glance(table: pd.DataFrame, page: str = CLAIMS_PAGE) -> str:
+    """The book's verdicts for its intro (Markdown with HTML links): the counts, then per claim which items hold,
+    do not hold or are not comparable, each item linking to its row of the claims table on ``page``."""
+    lines = [f"**Verdicts of this run: {verdict_counts(table)}** (of {len(table)} rows of the "
+             f'<a href="{page}">claims table</a>; each item below links to its row).', ""]
+    for claim, rows in table.reset_index(drop=True).groupby("claim", sort=False):
+        parts = []
+        for verdict in ("holds", "does not hold", "not comparable"):
+            hit = rows[rows["verdict"] == verdict]
+            if len(hit):
+                links = ", ".join(f'<a href="{page}#{row_anchor(i)}">{r["item"]}</a>' for i, r in hit.iterrows())
+                parts.append(f"{verdict}: {links}")
+        lines.append(f"- **{claim[0].upper() + claim[1:]}**: " + "; ".join(parts) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def write_verdicts(table: pd.DataFrame, path) -> Path:
+    """Write :func:`verdicts_at_a_glance` to ``path`` (chapter 7 writes ``figures/verdicts.md``, which the intro
+    includes); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(verdicts_at_a_glance(table))
+    return path
 
 
 def needs(table: pd.DataFrame) -> str:

@@ -9,6 +9,8 @@ is the sentence every caption ends with (notebook, grid parameters, store keys r
 from __future__ import annotations
 
 import hashlib
+import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,8 @@ class Source:
     store: Store
     notebook: str
     read_keys: set[str] = field(default_factory=set)
+    figures: list[str] = field(default_factory=list)  # the numbers shown so far ("2.1", "4.1a", ...)
+    _groups: dict[str, list[int]] = field(default_factory=dict)  # group -> [number, panels so far]
 
     def load(self, analysis: str, table: str, **params) -> pd.DataFrame:
         """One table of ``analysis`` for this chapter's jobs, optionally only the jobs whose parameters have the
@@ -67,8 +71,53 @@ class Source:
                 f"{'; ' + params if params else ''}); {len(keys)} store keys read (digest {digest}, listed in "
                 f"the figure's `.keys.txt`).")
 
+    def what_ran(self) -> str:
+        """The line under a chapter's title: the grid, suite, models, checkpoints and tasks it computed from, and
+        a link to its notebook (the executed copy the book ships beside the page)."""
+        units = self.grid.units
+        steps = sorted({u.step for u in units})
+        tasks = list(dict.fromkeys(j.task for j in self.grid.jobs if j.task is not None))
+        return (f"*What ran:* grid `{self.grid.name}` ({self.grid.suite} suite); models "
+                f"{', '.join(self.models())}; {len(steps)} checkpoints, steps {steps[0]:,}-{steps[-1]:,}"
+                + (f"; tasks {', '.join(tasks)}" if tasks else "")
+                + f". Notebook: <a href=\"../../_sources/book/executed/{self.notebook}.ipynb\">{self.notebook}.ipynb"
+                "</a>.")
+
     def keys_text(self) -> str:
         return "\n".join(sorted(self.read_keys)) + "\n"
+
+    def figure_number(self, group: str | None = None) -> str:
+        """The next figure's number: ``<chapter>.<n>`` (the chapter from the notebook's leading digits), or with
+        ``group`` one number for all of the group's figures, lettered in order (4.1a, 4.1b: one panel per model)."""
+        m = re.match(r"0*(\d+)_", self.notebook)
+        prefix = f"{m.group(1)}." if m else ""
+        if group is not None and group in self._groups:
+            entry = self._groups[group]
+            entry[1] += 1
+            return f"{prefix}{entry[0]}{string.ascii_lowercase[(entry[1] - 1) % 26]}"
+        n = 1 + len({f.rstrip(string.ascii_lowercase) for f in self.figures})
+        if group is None:
+            return f"{prefix}{n}"
+        self._groups[group] = [n, 1]
+        return f"{prefix}{n}a"
+
+    def figure(self, chart, stem: str, caption: str, group: str | None = None) -> str:
+        """Save ``chart`` (SVG, PNG and the store keys read, :func:`~circuittrack.figures.theme.save`), show it,
+        and show its caption numbered and ending in the provenance line. ``caption``: Markdown, its first bold
+        part the title (``"**Circuit size over training.** More..."``). Returns the figure's number, which the
+        chapter's text refers to (the book's page check fails on a figure the text never names)."""
+        from IPython.display import Markdown, display
+
+        from circuittrack.figures import theme
+
+        number = self.figure_number(group)
+        self.figures.append(number)
+        theme.save(chart, stem, self.keys_text())
+        display(chart)
+        label = f"Figure {number}"
+        text = f"**{label}: {caption[2:]}" if caption.startswith("**") else f"**{label}.** {caption}"
+        display(Markdown(f"{text} {self.provenance()}"))
+        return number
 
 
 def prepare(grid: str | Path, analyses: list[str], notebook: str, models=None, checkpoints=None, tasks=None,

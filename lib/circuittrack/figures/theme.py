@@ -48,9 +48,12 @@ def _theme() -> dict:
 
 
 def _book_renderer(spec: dict, **metadata) -> dict:
+    """SVG, not canvas: every drawn mark is an element (with its ARIA label) that readers' tools and the book's
+    browser test can find; the embedded view is kept in ``window.circuittrackViews[div id]``."""
     div = "vega-" + uuid.uuid4().hex[:12]
     html = (f'<div id="{div}" class="circuittrack-chart"></div><script type="text/javascript">'
-            f'vegaEmbed("#{div}", {json.dumps(spec)}, {{"mode": "vega-lite", "actions": false}})'
+            f'vegaEmbed("#{div}", {json.dumps(spec)}, {{"mode": "vega-lite", "actions": false, "renderer": "svg"}})'
+            f'.then(r => {{(window.circuittrackViews = window.circuittrackViews || {{}})["{div}"] = r.view;}})'
             '.catch(console.error);</script>')
     return {"text/html": html, "text/plain": "<circuittrack chart>"}
 
@@ -110,11 +113,13 @@ COLUMN_TITLES = {"task": "Task", "model": "Model", "models": "Models", "pearson_
                  "this run": "This run", "verdict": "Verdict", "why": "Why"}
 
 
-def table(df, digits: int = 2):
-    """A table as the book shows it: task names spelled out, readable headings, no index, rounded numbers."""
+def table(df, digits: int = 2, uuid: str | None = None):
+    """A table as the book shows it: task names spelled out, readable headings, no index, rounded numbers.
+    ``uuid``: fixed ids for its cells (``T_<uuid>_row<i>_col<j>``), so that other pages can link to a row."""
     shown = df.reset_index() if df.index.name or df.index.names[0] is not None else df
     if "task" in shown.columns:
         shown = shown.assign(task=shown["task"].map(lambda t: TASK_TITLES.get(t, t)))
     shown = shown.rename(columns=COLUMN_TITLES)
     shown.columns.name = None
-    return shown.style.hide(axis="index").format(precision=digits, na_rep="-")
+    style = shown.style.hide(axis="index").format(precision=digits, na_rep="-")
+    return style.set_uuid(uuid) if uuid else style
