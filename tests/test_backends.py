@@ -175,12 +175,12 @@ def test_wrappers_and_errors(neox_parallel):
     with pytest.raises(ValueError, match="unknown backend"):
         get_runner("jax", copy.deepcopy(neox_parallel))
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import OPTConfig, OPTForCausalLM
 
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                         num_key_value_heads=2, intermediate_size=32))
-    with pytest.raises(ValueError, match="unsupported model class"):
-        get_runner("torch", llama)
+    opt = OPTForCausalLM(OPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   ffn_dim=32, word_embed_proj_dim=16))
+    with pytest.raises(ValueError, match="unsupported model class 'OPTForCausalLM'"):
+        get_runner("torch", opt)
 
 
 def test_session_restores_and_merge_hooks_chain():

@@ -199,31 +199,39 @@ _BATCH_METHODS = {"eap": _eap, "eap-ig-inputs": _ig_inputs, "clean-corrupted": _
 # ----- the accumulator --------------------------------------------------------------------------------
 
 class _EdgeGrads:
-    """AD of one batch plus the compact sums over passes of the destination-input gradients (module doc)."""
+    """AD of one batch plus the compact sums over passes of the destination-input gradients (module doc).
+
+    The norm before attention decides the terms: LayerNorm all three; RMSNorm (no centring, no bias) drops the
+    mean term; no norm (OLMo-2) leaves the first, with r = 1. Head inputs are the graph's columns per layer
+    (H q, then H_k k and H_k v: per key/value head with grouped-query attention)."""
 
     def __init__(self, runner: Runner, graph: Graph, batch: TaskData):
         a = runner.arch
         self.runner, self.graph, self.arch = runner, graph, a
         B, P = batch.clean.shape
-        L, H, dh, d = a.n_layers, a.n_heads, a.d_head, a.d_model
+        L, dh, d = a.n_layers, a.d_head, a.d_model
         self.B, self.P = B, P
+        self.norm = a.norm
+        self.widths = [a.heads(t) for t in range(3)]
+        self.offsets = [0, self.widths[0], self.widths[0] + self.widths[1]]
+        cols = sum(self.widths)
         dev = runner.device
         f = dict(dtype=torch.float32, device=dev)
         self.AD = torch.zeros(B, P, graph.n_src, d, **f)
-        self.D = torch.zeros(L, 3, B, P, H, dh, **f)
+        self.D = [[torch.zeros(B, P, w, dh, **f) for w in self.widths] for _ in range(L)]
         self.Gm = torch.zeros(L, B, P, d, **f)
         self.Gf = torch.zeros(B, P, d, **f)
-        self.T3 = torch.zeros(L, graph.n_src, 3 * H, **f)
-        # u = projection output - const, const = b + W @ beta (per layer, [3, H, dh])
+        self.T3 = torch.zeros(L, graph.n_src, cols, **f)
+        # u = projection output - const, const = b + W @ beta (per layer and t, [H_t, dh])
         self.const = []
         for l in range(L):
-            W, b = a.qkv_params(l)
-            beta = a.ln1(l)[1]
-            self.const.append(f32(b) + torch.einsum("thed,d->the", f32(W), f32(beta)))
+            beta = f32(a.ln1(l)[1])
+            self.const.append([f32(b) + torch.einsum("hed,d->he", f32(W), beta)
+                               for W, b in (a.proj_params(l, t) for t in range(3))])
         self._new_pass()
 
     def reset(self) -> None:
-        for t in (self.D, self.Gm, self.Gf, self.T3):
+        for t in [self.Gm, self.Gf, self.T3] + [x for per_layer in self.D for x in per_layer]:
             t.zero_()
         self._new_pass()
 
@@ -233,29 +241,37 @@ class _EdgeGrads:
         self.mu: list[Tensor | None] = [None] * a.n_layers
         self.r: list[Tensor | None] = [None] * a.n_layers
         self.us: list[list[Tensor | None]] = [[None] * 3 for _ in range(a.n_layers)]
-        self.c = torch.zeros(a.n_layers, self.B, self.P, 3, a.n_heads, dtype=torch.float32, device=self.AD.device)
+        self.c = torch.zeros(a.n_layers, self.B, self.P, sum(self.widths), dtype=torch.float32, device=self.AD.device)
 
     # -- hooks of a gradient pass
     def hooks(self) -> Hooks:
-        return Hooks(attn_in=self._attn_in, qkv=self._qkv, qkv_grad=self._qkv_grad,
+        return Hooks(attn_in=None if self.norm == "none" else self._attn_in, qkv=self._qkv, qkv_grad=self._qkv_grad,
                      mlp_in_grad=self._mlp_in_grad, final_in_grad=self._final_in_grad)
 
     def _attn_in(self, l: int, x: Tensor) -> None:
         x = x.detach()
         eps = self.arch.ln1(l)[2]
         x32 = f32(x)
-        var, mu = torch.var_mean(x32, dim=-1, unbiased=False)
+        if self.norm == "layernorm":
+            var, mu = torch.var_mean(x32, dim=-1, unbiased=False)
+        else:  # rmsnorm
+            var, mu = x32.pow(2).mean(-1), torch.zeros_like(x32[..., 0])
         self.xs[l], self.mu[l], self.r[l] = x, mu, torch.rsqrt(var + eps)
 
     def _qkv(self, l: int, t: int, out: Tensor) -> None:
-        self.us[l][t] = out.detach()
+        if self.norm != "none":
+            self.us[l][t] = out.detach()
 
     def _qkv_grad(self, l: int, t: int, g: Tensor) -> None:
         g = f32(g)
+        if self.norm == "none":
+            self.D[l][t].add_(g)
+            return
         r = self.r[l][..., None, None]  # [B, P, 1, 1]
-        self.D[l, t].add_(g * r)
+        self.D[l][t].add_(g * r)
         u = f32(self.us[l][t]) - self.const[l][t]
-        self.c[l, :, :, t] = (g * u).sum(-1) * (self.r[l][..., None] / self.arch.d_model)
+        o, w = self.offsets[t], self.widths[t]
+        self.c[l, :, :, o:o + w] = (g * u).sum(-1) * (self.r[l][..., None] / self.arch.d_model)
 
     def _mlp_in_grad(self, l: int, g: Tensor) -> None:
         self.Gm[l].add_(g)
@@ -304,27 +320,30 @@ class _EdgeGrads:
     def contract(self, scores: Tensor, scale: float, rows: tuple[int, int] | None = None) -> None:
         """scores[rows] += scale * the summed edge scores of this batch (only source rows in ``rows``)."""
         a, g = self.arch, self.graph
-        B, P, d, H = self.B, self.P, a.d_model, a.n_heads
+        B, P, d = self.B, self.P, a.d_model
         BP = B * P
+        cols = sum(self.widths)
         r0, r1 = rows if rows is not None else (0, g.n_src)
         with torch.no_grad():
             AD = self.AD.view(BP, -1, d)
             sum_ad = AD.sum(-1)  # [BP, n_src]
             for l in range(a.n_layers):
-                W, _ = a.qkv_params(l)
                 gamma = f32(a.ln1(l)[0])
                 hi = min(g.n_src_before_layer(l), r1)
                 if hi > r0:
-                    block = torch.empty(hi - r0, 3, H, dtype=torch.float32, device=AD.device)
+                    block = torch.empty(hi - r0, cols, dtype=torch.float32, device=AD.device)
                     for t in range(3):
-                        Wt = f32(W[t])  # [H, dh, d]
-                        G = torch.einsum("bphe,hed->bphd", self.D[l, t], Wt) * gamma  # [B, P, H, d]
-                        s1 = torch.bmm(AD[:, r0:hi], G.view(BP, H, d).transpose(1, 2)).sum(0)  # [rows, H]
-                        a2 = torch.einsum("bphe,he->bph", self.D[l, t], Wt @ gamma).view(BP, H) / d
-                        s2 = sum_ad[:, r0:hi].T @ a2
-                        block[:, t] = s1 - s2 - self.T3[l, r0:hi, t * H:(t + 1) * H]
+                        Wt = f32(a.proj_params(l, t)[0])  # [H_t, dh, d]
+                        o, H = self.offsets[t], self.widths[t]
+                        D = self.D[l][t]
+                        G = torch.einsum("bphe,hed->bphd", D, Wt) * gamma  # [B, P, H_t, d]
+                        s1 = torch.bmm(AD[:, r0:hi], G.view(BP, H, d).transpose(1, 2)).sum(0)  # [rows, H_t]
+                        if self.norm == "layernorm":
+                            a2 = torch.einsum("bphe,he->bph", D, Wt @ gamma).view(BP, H) / d
+                            s1 = s1 - sum_ad[:, r0:hi].T @ a2
+                        block[:, o:o + H] = s1 - self.T3[l, r0:hi, o:o + H]
                     c0 = g.dst_head(l, 0, "q")
-                    scores[r0:hi, c0:c0 + 3 * H] += scale * block.view(hi - r0, 3 * H)
+                    scores[r0:hi, c0:c0 + cols] += scale * block
                 hi = min(g.n_src_into_mlp(l), r1)
                 if hi > r0:
                     s = torch.bmm(AD[:, r0:hi], self.Gm[l].view(BP, d, 1)).sum(0)[:, 0]

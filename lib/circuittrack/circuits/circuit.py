@@ -72,7 +72,7 @@ def _check_edge_names(graph: Graph, names: list[str], what: str) -> None:
     missing, extra = sorted(want - have)[:3], sorted(have - want)[:3]
     dup = len(names) - len(have)
     raise InvalidInput(
-        f"{what} does not match a {graph.n_layers}-layer, {graph.n_heads}-head graph "
+        f"{what} does not match a {graph.describe()} graph "
         f"(parallel_attn_mlp={graph.parallel_attn_mlp}) with {len(expected)} edges: it lists {len(names)} edges"
         + (f", {dup} duplicated" if dup else "")
         + (f"; missing e.g. {missing}" if missing else "") + (f"; unexpected e.g. {extra}" if extra else "")
@@ -216,7 +216,8 @@ class Circuit:
         values = self.scores.detach().cpu()[src, dst].double().tolist()
         return {"format": FORMAT, "version": FORMAT_VERSION,
                 "graph": {"n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads,
-                          "parallel_attn_mlp": self.graph.parallel_attn_mlp, "n_edges": self.graph.n_edges},
+                          "parallel_attn_mlp": self.graph.parallel_attn_mlp, "n_edges": self.graph.n_edges,
+                          **({"n_kv_heads": self.graph.n_kv_heads} if self.graph.grouped else {})},
                 "metadata": self.metadata, "n_edges_in_circuit": self.n_edges, "in_circuit": self.edges,
                 "scores": dict(zip(self.graph.edge_names(), values))}
 
@@ -289,7 +290,9 @@ class Circuit:
                              f"(this code reads version {FORMAT_VERSION})")
         try:
             gd = d["graph"]
-            g = Graph(int(gd["n_layers"]), int(gd["n_heads"]), bool(gd["parallel_attn_mlp"]))
+            kv = gd.get("n_kv_heads")
+            g = Graph(int(gd["n_layers"]), int(gd["n_heads"]), bool(gd["parallel_attn_mlp"]),
+                      None if kv is None else int(kv))
             score_map, names_in = d["scores"], d["in_circuit"]
         except (KeyError, TypeError) as err:
             raise InvalidInput(f"{path}: circuit file lacks field {err}") from err

@@ -18,6 +18,7 @@ from circuittrack.circuits.evaluation import evaluate_circuits
 from circuittrack.circuits.faithfulness import PAPER_THRESHOLD, log_grid, undefined_reason
 from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.memory import DEFAULT_CIRCUITS
+from circuittrack.circuits.sources import model_graph
 from circuittrack.circuits.size import PAPER_MAX_SIZE, SizeResult, find_circuit_size
 from circuittrack.options import check_circuit_options
 from circuittrack.models.checkpoints import LoadedModel, load_checkpoint, resolve
@@ -81,7 +82,7 @@ def find_circuit(model, data: TaskData, *, method: str = "eap-ig-inputs", ig_ste
     check_options(method, backend, ig_steps, dtype, device, batch_size, circuit_batch, threshold, max_size)
     dtype = parse_dtype(dtype) if dtype is not None else None
     runner = get_runner(backend, model, device=device, dtype=dtype)
-    graph = Graph(runner.arch.n_layers, runner.arch.n_heads, runner.arch.parallel)
+    graph = model_graph(runner.arch)
     meta = {**(metadata or {}), "method": method, "ig_steps": ig_steps, "backend": backend}
     baselines: dict = {}
     if not search_undefined:

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from circuittrack.circuits.graph import Graph
@@ -249,7 +248,7 @@ class _PatchedPass:
 
     def _qkv(self, l: int, t: int, val: Tensor) -> Tensor | None:
         a, g = self.a, self.graph
-        K, B, P, H, dh, d = self.K, self.B, self.P, a.n_heads, a.d_head, a.d_model
+        K, B, P, H, dh = self.K, self.B, self.P, a.heads(t), a.d_head
         c0 = g.dst_head(l, 0, "qkv"[t])
         heads = self.touched[c0:c0 + H].nonzero().flatten()
         if self.form == CIRCUIT:
@@ -260,13 +259,9 @@ class _PatchedPass:
             out = val.view(K, B, P, H, dh).clone()
         if len(heads):
             X = self._patched(self._base(self.xs[l], ("attn", l)), g.n_src_before_layer(l), c0 + heads)
-            w, b, eps = a.ln1(l)
-            Y = F.layer_norm(X, (d,), f32(w), f32(b), eps)  # [K, J, B, P, d]
+            Y = a.normalize(X, a.ln1(l)).permute(0, 2, 3, 1, 4)  # [K, B, P, J, d]
             del X
-            W, bias = a.qkv_params(l)
-            proj = torch.einsum("kjbpd,jed->kbpje", Y, f32(W[t]).index_select(0, heads)) \
-                + f32(bias[t]).index_select(0, heads)
-            out[:, :, :, heads] = proj.to(out.dtype)
+            out[:, :, :, heads] = a.project(l, t, Y, heads).to(out.dtype)
         return out.reshape(K * B, P, H, dh).to(val.dtype)
 
     def _single(self, x: Tensor, key, col: int, n_upstream: int) -> Tensor | None:

@@ -224,12 +224,11 @@ def _receiving(arch, resid: dict, receivers: list[tuple[int, int, int]]) -> Hook
         mine = [h for rl, h, rt in receivers if rl == l and rt == t]
         if not mine:
             return None
-        w, b, eps = arch.ln1(l)
-        ln = torch.nn.functional.layer_norm(resid[l], resid[l].shape[-1:], w, b, eps)
-        W, bias = arch.qkv_params(l)
+        ln = arch.normalize(resid[l], arch.ln1(l)).to(resid[l].dtype)
+        W, bias = arch.proj_params(l, t)
         out = x.clone()
-        for h in mine:
-            out[:, :, h] = ln @ W[t, h].T + bias[t, h]
+        for h in mine:  # for k and v of grouped-query attention, h is the key/value head
+            out[:, :, h] = ln @ W[h].T + bias[h]
         return out
 
     return Hooks(qkv=qkv)

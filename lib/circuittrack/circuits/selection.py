@@ -30,19 +30,20 @@ from circuittrack.errors import InvalidInput
 @lru_cache(maxsize=64)
 def _dst_node_cpu(graph: Graph) -> torch.Tensor:
     """[n_dst] long: the node number of each destination column (q/k/v of a head map to the head's row)."""
-    idx = torch.empty(graph.n_dst, dtype=torch.long)
-    for l in range(graph.n_layers):
-        for h in range(graph.n_heads):
-            for t in ("q", "k", "v"):
-                idx[graph.dst_head(l, h, t)] = graph.src_head(l, h)
-        idx[graph.dst_mlp(l)] = graph.src_mlp(l)
-    idx[graph.dst_logits] = graph.n_src
-    return idx
+    if graph.grouped:
+        raise InvalidInput("a key/value group's input feeds several heads; use dst_feeds_index")
+    return graph.dst_feeds[:, 0].clone()
 
 
 def dst_node_index(graph: Graph, device: torch.device | str | None = None) -> torch.Tensor:
-    """[n_dst] long: node number of each destination column; nodes are source rows, and logits is ``n_src``."""
+    """[n_dst] long: node number of each destination column; nodes are source rows, and logits is ``n_src``
+    (graphs without key/value groups; see :func:`dst_feeds_index`)."""
     return _dst_node_cpu(graph).to(device or "cpu")
+
+
+def dst_feeds_index(graph: Graph, device: torch.device | str | None = None) -> torch.Tensor:
+    """[n_dst, R] long: the nodes each destination column is an input of (:attr:`Graph.dst_feeds`)."""
+    return graph.dst_feeds.to(device or "cpu")
 
 
 def node_names(graph: Graph) -> list[str]:
@@ -119,16 +120,21 @@ def greedy_order(graph: Graph, scores: torch.Tensor, absolute: bool = True,
     if not 0 <= limit <= E:
         raise InvalidInput(f"limit must be in [0, {E}] (the number of edges), got {limit}")
     src, dst = graph.edge_index
-    node_of = _dst_node_cpu(graph)[dst]  # [E] destination node of each edge
     rank = torch.empty(E, dtype=torch.long)
     rank[torch.sort(key, descending=True, stable=True).indices] = torch.arange(E)
+    # An edge into a key/value group's input becomes available when any head of the group is in the set: it
+    # enters the search once per head it feeds (same rank), and takes the earliest segment of its copies.
+    feeds = graph.dst_feeds[dst]  # [E, R]
+    R = feeds.shape[1]
+    edge_of = torch.arange(E).repeat_interleave(R)
+    node_of, src, rank_v = feeds.reshape(-1), src.repeat_interleave(R), rank.repeat_interleave(R)
 
     # 1. Joining order (Prim): best[u, v] = best rank of an edge u -> v.
     N = graph.n_src + 1
     logits = graph.n_src
     never = E  # a rank no edge has
     best = torch.full((N * N,), never, dtype=torch.long)
-    best.scatter_reduce_(0, src * N + node_of, rank, reduce="amin")
+    best.scatter_reduce_(0, src * N + node_of, rank_v, reduce="amin")
     best = best.view(N, N)
     joined_at = torch.full((N,), -1, dtype=torch.long)  # segment in which each node's incoming edges open
     joined_at[logits] = 0
@@ -160,8 +166,10 @@ def greedy_order(graph: Graph, scores: torch.Tensor, absolute: bool = True,
         width = 1 << k
         ok = seg + width < S  # the jump lands inside the table; the answer lies beyond the jumped block
         idx = torch.where(ok, seg, torch.zeros_like(seg))
-        jump = ok & (table[k][idx.clamp(max=len(table[k]) - 1)] < rank) & (idx < len(table[k]))
+        jump = ok & (table[k][idx.clamp(max=len(table[k]) - 1)] < rank_v) & (idx < len(table[k]))
         seg = torch.where(jump, seg + width, seg)
+    if R > 1:
+        seg = torch.full((E,), S, dtype=torch.long).scatter_reduce_(0, edge_of, seg, reduce="amin")
     order = torch.argsort(seg * E + rank)
     return order[:limit]
 
@@ -262,16 +270,20 @@ def prune_dead_nodes(graph: Graph, in_circuit: torch.Tensor, *, check: bool = Tr
 
 def _prune(graph: Graph, m: torch.Tensor) -> torch.Tensor:
     """:func:`prune_dead_nodes` on a checked batch m: bool [B, n_src, n_dst]."""
-    B, S, H = m.shape[0], graph.n_src, graph.n_heads
+    B, S, H, G = m.shape[0], graph.n_src, graph.n_heads, graph.n_groups
     dev = m.device
-    node = dst_node_index(graph, dev)
+    feeds = dst_feeds_index(graph, dev)  # [n_dst, R]
+
+    def alive_at(alive: torch.Tensor) -> torch.Tensor:  # [B, n_dst]: the column feeds a node that is alive
+        return alive[:, feeds].any(-1)
 
     reached = torch.zeros(B, S, dtype=torch.bool, device=dev)
     reached[:, 0] = True
     for l in range(graph.n_layers):
         r, c0, s0 = graph.n_src_before_layer(l), graph.dst_head(l, 0, "q"), graph.src_head(l, 0)
-        hit = (m[:, :r, c0:c0 + 3 * H] & reached[:, :r, None]).any(1)  # [B, 3H]
-        reached[:, s0:s0 + H] = hit.view(B, 3, H).any(1)
+        hit = (m[:, :r, c0:c0 + graph.n_head_inputs] & reached[:, :r, None]).any(1)  # [B, H + 2G]
+        kv = (hit[:, H:H + G] | hit[:, H + G:]).repeat_interleave(H // G, dim=1)  # [B, H]: via the head's group
+        reached[:, s0:s0 + H] = hit[:, :H] | kv
         rm = graph.n_src_into_mlp(l)
         reached[:, graph.src_mlp(l)] = (m[:, :rm, graph.dst_mlp(l)] & reached[:, :rm]).any(1)
 
@@ -279,11 +291,11 @@ def _prune(graph: Graph, m: torch.Tensor) -> torch.Tensor:
     alive[:, S] = True
     for l in reversed(range(graph.n_layers)):
         sm = graph.src_mlp(l)
-        alive[:, sm] = (m[:, sm, :] & alive[:, node]).any(-1)
+        alive[:, sm] = (m[:, sm, :] & alive_at(alive)).any(-1)
         s0 = graph.src_head(l, 0)
-        alive[:, s0:s0 + H] = (m[:, s0:s0 + H, :] & alive[:, node].unsqueeze(1)).any(-1)
+        alive[:, s0:s0 + H] = (m[:, s0:s0 + H, :] & alive_at(alive).unsqueeze(1)).any(-1)
 
-    return m & reached.unsqueeze(2) & alive[:, node].unsqueeze(1)
+    return m & reached.unsqueeze(2) & alive_at(alive).unsqueeze(1)
 
 
 def node_mask(graph: Graph, in_circuit: torch.Tensor, *, check: bool = True) -> torch.Tensor:
@@ -297,7 +309,9 @@ def _node_mask(graph: Graph, m: torch.Tensor) -> torch.Tensor:
     B, S = m.shape[0], graph.n_src
     touched = torch.zeros(B, S + 1, dtype=torch.long, device=m.device)
     touched[:, :S] += m.any(-1).long()
-    touched.index_add_(1, dst_node_index(graph, m.device), m.any(-2).long())
+    into = m.any(-2).long()  # [B, n_dst]
+    for nodes in dst_feeds_index(graph, m.device).unbind(1):  # a group's k/v input belongs to each of its heads
+        touched.index_add_(1, nodes, into)
     return touched > 0
 
 

@@ -2,7 +2,8 @@
 
 A *source* is a node that writes into the residual stream (graph rows): ``input`` (the residual entering
 layer 0, i.e. the token embeddings), each head ``a{l}.h{h}`` (its output ``z_h @ W_O[:, h].T``, without the
-shared output bias, which cancels in every difference) and each MLP ``m{l}`` (its output).
+shared output bias, which cancels in every difference; with a post-norm its share of the normalised output, see
+:meth:`~circuittrack.models.arch.ArchAdapter.head_writes`) and each MLP ``m{l}`` (its residual write).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from circuittrack.tasks.metrics import metric_per_example
 def check_inputs(runner: Runner, graph: Graph | None, data: TaskData) -> Graph:
     """The graph to use (``graph`` or the model's), after checking that model, graph and data fit together."""
     a = runner.arch
-    own = Graph(a.n_layers, a.n_heads, a.parallel)
+    own = model_graph(a)
     if graph is None:
         graph = own
     else:
-        shape = (graph.n_layers, graph.n_heads, graph.parallel_attn_mlp)
-        want = (own.n_layers, own.n_heads, own.parallel_attn_mlp)
+        shape = (graph.n_layers, graph.n_heads, graph.parallel_attn_mlp, graph.n_groups)
+        want = (own.n_layers, own.n_heads, own.parallel_attn_mlp, own.n_groups)
         if shape != want:
-            raise InvalidInput(f"graph has (layers, heads, parallel) = {shape} but the model has {want}; "
-                             "use Graph.from_config(model.config)")
+            raise InvalidInput(f"graph has (layers, heads, parallel, key/value heads) = {shape} but the model has "
+                               f"{want}; use Graph.from_config(model.config)")
     if not isinstance(data, TaskData):
         raise InvalidInput(f"data must be a circuittrack.tasks.data.TaskData, got {type(data).__name__}")
     n, P = data.clean.shape
@@ -44,6 +45,11 @@ def check_inputs(runner: Runner, graph: Graph | None, data: TaskData) -> Graph:
         raise InvalidInput(f"{data.task}: answer tokens must be < vocab size {vocab}")
     check_padding(data)
     return graph
+
+
+def model_graph(arch) -> Graph:
+    """The graph of the model an architecture adapter describes."""
+    return Graph(arch.n_layers, arch.n_heads, arch.parallel, arch.n_kv_heads)
 
 
 def check_padding(data: TaskData) -> None:
@@ -124,8 +130,4 @@ def source_hooks(runner: Runner, graph: Graph, buf: Tensor, sign: float) -> Hook
 
 def head_outputs(arch, layer: int, z: Tensor, heads: list[int] | None = None) -> Tensor:
     """Per-head residual writes [B, P, H', d] (float32) from z [B, P, H, dh], for ``heads`` (default: all)."""
-    w = f32(arch.o_weight(layer))
-    if heads is not None:
-        idx = torch.tensor(heads, device=z.device)
-        z, w = z.index_select(2, idx), w.index_select(1, idx)
-    return torch.einsum("bphe,dhe->bphd", f32(z), w)
+    return arch.head_writes(layer, z, heads)

@@ -55,11 +55,6 @@ def name_positions(data: TaskData) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return torch.tensor(ex), torch.tensor(pos), torch.tensor(ids)
 
 
-def _layer_norm(x: Tensor, params) -> Tensor:
-    w, b, eps = params
-    return torch.nn.functional.layer_norm(x, x.shape[-1:], w.float(), b.float(), eps)
-
-
 @torch.no_grad()
 def name_residual(model, data: TaskData) -> tuple[Tensor, Tensor]:
     """The residual stream after block 0 at the name positions [3N, d] (float32, plain model's, uncentred) and
@@ -95,15 +90,15 @@ def _head_writes(arch, x: Tensor, layer: int, reading: str) -> Tensor:
         W_V, b_V, W_O = processed_ov(arch, layer)
         v = torch.einsum("nd,hde->hne", centred(x), W_V) + b_V[:, None]
         return torch.einsum("hne,hed->hnd", v, W_O)
-    return ov_outputs(arch, layer, _layer_norm(x, arch.ln1(layer)))
+    return ov_outputs(arch, layer, arch.normalize(x, arch.ln1(layer)))
 
 
-def _logits(o: Tensor, unembed, sign: int, reading: str) -> Tensor:
+def _logits(arch, o: Tensor, unembed, sign: int, reading: str) -> Tensor:
     """Logits [..., V] of head writes ``o``: the paper's (sign * o) @ W_U + b_U, or ours sign * LN_f(o) @ W_U."""
     W_U, extra = unembed
     if reading == "paper":
         return (sign * o) @ W_U + extra
-    return sign * (_layer_norm(o, extra) @ W_U)
+    return sign * (arch.normalize(o, extra, arch.final_norm) @ W_U)
 
 
 @torch.no_grad()
@@ -113,7 +108,7 @@ def head_name_logits(model, data: TaskData, negative: bool = False,
     ``negative``), and the names' ids [3N]. :func:`copy_scores` computes the same one layer at a time."""
     a, x, ids, unembed = _prepare(model, data, reading)
     sign = -1 if negative else 1
-    return torch.stack([_logits(_head_writes(a, x, l, reading), unembed, sign, reading)
+    return torch.stack([_logits(a, _head_writes(a, x, l, reading), unembed, sign, reading)
                         for l in range(a.n_layers)]), ids
 
 
@@ -136,6 +131,6 @@ def copy_scores(model, data: TaskData, top_k: int = TOP_K, reading: str = "paper
     for layer in range(a.n_layers):
         o = _head_writes(a, x, layer, reading)
         for sign, rows in scores.items():
-            rows.append(top_k_share(_logits(o, unembed, sign, reading), ids, top_k))
+            rows.append(top_k_share(_logits(a, o, unembed, sign, reading), ids, top_k))
     return head_table({"copy": torch.stack(scores[1]), "negative_copy": torch.stack(scores[-1])},
                       name_positions=int(ids.numel()))

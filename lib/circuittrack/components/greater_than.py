@@ -49,12 +49,13 @@ def yy_positions(data: TaskData) -> torch.Tensor:
 
 def direct_year_logits(arch, outputs: torch.Tensor, final: torch.Tensor, year_ids: torch.Tensor) -> torch.Tensor:
     """[n, ..., 100] logits of the year tokens from component outputs [n, ..., d] read through the final LayerNorm
-    with its scale frozen at the clean final residual ``final`` [n, d] (centred, no bias)."""
+    with its scale frozen at the clean final residual ``final`` [n, d] (centred for a LayerNorm; no bias)."""
     w, _, eps = arch.ln_final()
     final = final.float()
-    scale = (final.var(-1, unbiased=False) + eps).rsqrt()  # [n]
+    layernorm = arch.final_norm == "layernorm"
+    scale = ((final.var(-1, unbiased=False) if layernorm else final.pow(2).mean(-1)) + eps).rsqrt()  # [n]
     scale = scale.view(-1, *([1] * (outputs.dim() - 1)))
-    centred = outputs.float() - outputs.float().mean(-1, keepdim=True)
+    centred = outputs.float() - outputs.float().mean(-1, keepdim=True) if layernorm else outputs.float()
     W = arch.unembed_weight().float()[year_ids.to(arch.device)]  # [100, d]
     return (centred * scale * w.float()) @ W.T
 

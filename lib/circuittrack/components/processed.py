@@ -34,14 +34,20 @@ def centred(x: Tensor) -> Tensor:
 @torch.no_grad()
 def processed_ov(arch, layer: int) -> tuple[Tensor, Tensor, Tensor]:
     """(W_V [H, d, dh], b_V [H, dh], W_O [H, dh, d]) of ``layer`` after the four steps (float32; b_V is zero,
-    its value went into b_O, which the copy score does not read)."""
-    W, b = arch.qkv_params(layer)
+    its value went into b_O, which the copy score does not read). With RMSNorm (or none) TransformerLens folds
+    only the norm's weight and centres nothing over d_model (the residual is not centred); each query head reads
+    its key/value group's W_V."""
+    W, b = arch.proj_params(layer, 2)
+    groups = torch.tensor([arch.kv_head(h) for h in range(arch.n_heads)], device=W.device)
+    W, b = W.index_select(0, groups), b.index_select(0, groups)
     ln_w, ln_b = (t.float() for t in arch.ln1(layer)[:2])
-    W_V = W[2].float().transpose(1, 2)  # [H, d, dh]
-    b_V = b[2].float() + (W_V * ln_b[None, :, None]).sum(-2)  # 1. fold the LayerNorm bias ...
+    W_V = W.float().transpose(1, 2)  # [H, d, dh]
+    b_V = b.float() + (W_V * ln_b[None, :, None]).sum(-2)  # 1. fold the LayerNorm bias ...
     W_V = W_V * ln_w[None, :, None]  # ... and weight
-    W_V = W_V - W_V.mean(-2, keepdim=True)  # ... and centre the reading weights over d_model
-    W_O = centred(arch.o_weight(layer).float().permute(1, 2, 0))  # 2. centre the writing weights [H, dh, d]
+    W_O = arch.o_weight(layer).float().permute(1, 2, 0)  # [H, dh, d]
+    if arch.norm == "layernorm":
+        W_V = W_V - W_V.mean(-2, keepdim=True)  # ... and centre the reading weights over d_model
+        W_O = centred(W_O)  # 2. centre the writing weights
     return W_V, torch.zeros_like(b_V), W_O  # 4. b_V folded into b_O
 
 
@@ -54,5 +60,6 @@ def processed_unembed(arch) -> tuple[Tensor, Tensor]:
     ln_w, ln_b = (t.float() for t in arch.ln_final()[:2])
     b_U = b_U + ln_b @ W_U  # 1. fold the final LayerNorm's bias ...
     W_U = W_U * ln_w[:, None]  # ... and weight
-    W_U = W_U - W_U.mean(0, keepdim=True)  # ... and centre the reading weights over d_model
+    if arch.final_norm == "layernorm":
+        W_U = W_U - W_U.mean(0, keepdim=True)  # ... and centre the reading weights over d_model
     return centred(W_U), centred(b_U)  # 3. centre over the vocabulary

@@ -52,7 +52,7 @@ def head_logits(model, token_ids: torch.Tensor, vocab: torch.Tensor | None = Non
     runner = get_runner("torch", model)
     a = runner.arch
     with runner.session():  # eval mode: no dropout in the MLP
-        mlp0 = a.mlp(0)(a.embed_weight()[token_ids.to(a.device)]).float()  # [n, d]
+        mlp0 = a.mlp_write(0, a.embed_weight()[token_ids.to(a.device)]).float()  # [n, d]
     W_U = a.unembed_weight()
     W_U = (W_U if vocab is None else W_U[vocab.to(a.device)]).float()
     return torch.stack([ov_outputs(a, l, mlp0, value_bias) @ W_U.T for l in range(a.n_layers)])

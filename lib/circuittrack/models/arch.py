@@ -5,9 +5,23 @@ An adapter says where the abstract sites of :mod:`circuittrack.backends.base` li
 need per-head W_Q/W_K/W_V, W_O and the LayerNorm parameters). Everything else (TransformerLens hook names)
 is architecture-independent because the TransformerLens bridge normalises it.
 
-Supported: ``GPTNeoXForCausalLM`` (Pythia and the toy suite; parallel or sequential blocks; fused
-``query_key_value`` with per-head interleaved [H, 3, dh] output layout) and ``GPT2LMHeadModel`` (sequential
-blocks; fused ``c_attn`` Conv1D with [3, H, dh] output layout).
+Supported:
+
+* ``GPTNeoXForCausalLM`` (Pythia and the toy suite; parallel or sequential blocks; fused ``query_key_value``
+  with per-head interleaved [H, 3, dh] output layout, LayerNorm);
+* ``GPT2LMHeadModel`` (sequential blocks; fused ``c_attn`` Conv1D with [3, H, dh] output layout, LayerNorm);
+* ``LlamaForCausalLM`` (Llama, SmolLM2, LLM360 Amber, the FineWeb ablation models) and ``Qwen2ForCausalLM`` /
+  ``Qwen3ForCausalLM``: separate q/k/v projections (Qwen2 with biases), grouped-query attention (``G`` key/value
+  heads, query head h reads key/value head ``h // (H / G)``), RMSNorm, gated MLP; Qwen3 normalises each head's
+  q and k (RMSNorm over dh) after the projection;
+* ``Olmo2ForCausalLM``: no norm before attention or MLP; RMSNorm on the whole q and k projections (all heads
+  together) and on the attention and MLP outputs before they enter the residual stream.
+
+The projection *sites* (``qkv(l, t)`` of :mod:`circuittrack.models.hooks`) are the linear projection outputs,
+before any q/k norm; a q/k norm is part of the head downstream of its input (for OLMo-2, whose norm spans all
+heads, the heads of a layer share its scale, as in the model). With post-norms (OLMo-2) head h's residual write
+is its share ``w * (z_h W_O[:, h]^T) / rms(attention output)`` of the normalised attention output: the shares
+sum exactly to what the layer writes, so the residual stream stays the sum of its sources in every run.
 """
 
 from __future__ import annotations
@@ -50,12 +64,17 @@ class ArchAdapter(ABC):
     # dotted paths: ``layers`` from the root, the rest relative to one layer, ``final_ln`` from the root
     layers_path: str
     ln1_path: str
-    qkv_path: str
     o_path: str
     ln2_path: str
     mlp_path: str
     final_ln_path: str
     attn_path: str  # the attention module (its forward keyword arguments carry the rotary cos/sin, if any)
+    qkv_path: str | None = None  # a fused q/k/v projection, or
+    proj_paths: tuple[str, str, str] | None = None  # separate q, k and v projections
+    norm: str = "layernorm"  # the norm before attention and MLP: "layernorm", "rmsnorm" or "none"
+    attn_in_path: str | None = None  # module whose first argument is attention's residual input (default ln1)
+    mlp_in_path: str | None = None  # ... the MLP branch's residual input (default ln2)
+    mlp_out_path: str | None = None  # module whose output is the MLP's residual write (default the MLP)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -63,18 +82,24 @@ class ArchAdapter(ABC):
         self.n_layers = int(cfg.num_hidden_layers)
         self.n_heads = int(cfg.num_attention_heads)
         self.d_model = int(cfg.hidden_size)
-        if self.d_model % self.n_heads:
+        self.n_kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise InvalidInput(f"num_attention_heads {self.n_heads} is not a multiple of num_key_value_heads "
+                               f"{self.n_kv_heads}")
+        head_dim = getattr(cfg, "head_dim", None)
+        if head_dim is None and self.d_model % self.n_heads:
             raise InvalidInput(f"hidden_size {self.d_model} is not a multiple of num_attention_heads {self.n_heads}")
-        self.d_head = self.d_model // self.n_heads
+        self.d_head = int(head_dim or self.d_model // self.n_heads)
         self.parallel = self._parallel(cfg)
         layers = get_path(model, self.layers_path)
+        paths = {"ln1": self.ln1_path, "o": self.o_path, "ln2": self.ln2_path, "mlp": self.mlp_path}
+        if self.qkv_path is not None:
+            paths["qkv"] = self.qkv_path
+        else:
+            paths.update(zip(("q", "k", "v"), self.proj_paths))
+        paths.update({k: p for k, p in self._extra_paths().items()})
         # Capture the original modules now: a TransformerLens bridge may wrap them later.
-        self._layers = [
-            {k: get_path(unwrap(layer), p) for k, p in
-             (("ln1", self.ln1_path), ("qkv", self.qkv_path), ("o", self.o_path), ("ln2", self.ln2_path),
-              ("mlp", self.mlp_path))}
-            for layer in layers
-        ]
+        self._layers = [{k: get_path(unwrap(layer), p) if p else None for k, p in paths.items()} for layer in layers]
         if len(self._layers) != self.n_layers:
             raise InvalidInput(f"config says {self.n_layers} layers but the model has {len(self._layers)}")
         self._final_ln = get_path(model, self.final_ln_path)
@@ -84,47 +109,139 @@ class ArchAdapter(ABC):
     def _parallel(self, cfg) -> bool:
         """Whether attention and MLP read the same residual (parallel blocks)."""
 
+    def _extra_paths(self) -> dict[str, str]:
+        """More per-layer modules an adapter needs (name -> dotted path)."""
+        return {}
+
+    @property
+    def grouped(self) -> bool:
+        """Grouped-query attention: fewer key/value heads than query heads."""
+        return self.n_kv_heads < self.n_heads
+
+    def heads(self, t: int) -> int:
+        """Number of heads of projection t (0 q, 1 k, 2 v): H for queries, G for keys and values."""
+        return self.n_heads if t == 0 else self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head ``head`` reads (HF's ``repeat_kv`` order)."""
+        return head // (self.n_heads // self.n_kv_heads)
+
+    # ----- sites -------------------------------------------------------------------------------------
+    def projection_sites(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(module path in a layer, projections t it outputs): one fused q/k/v module or three."""
+        if self.qkv_path is not None:
+            return [(self.qkv_path, (0, 1, 2))]
+        return [(p, (t,)) for t, p in enumerate(self.proj_paths)]
+
+    def split_projection(self, out: Tensor, ts: tuple[int, ...]) -> tuple[Tensor, ...]:
+        """A projection module's output [B, P, *] -> per t in ``ts`` a view [B, P, H_t, dh]."""
+        if len(ts) == 3:
+            return self.split_qkv(out)
+        return (out.view(*out.shape[:-1], self.heads(ts[0]), self.d_head),)
+
+    def merge_projection(self, parts, ts: tuple[int, ...]) -> Tensor:
+        """Inverse of :meth:`split_projection` (a new tensor)."""
+        if len(ts) == 3:
+            return self.merge_qkv(*parts)
+        return parts[0].flatten(-2)
+
+    @property
+    def attn_in_site(self) -> str:
+        return self.attn_in_path or self.ln1_path
+
+    @property
+    def mlp_in_site(self) -> str:
+        return self.mlp_in_path or self.ln2_path
+
+    @property
+    def mlp_out_site(self) -> str:
+        return self.mlp_out_path or self.mlp_path
+
     @property
     def device(self) -> torch.device:
         return self._final_ln.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._layers[0]["ln1"].weight.dtype
+        return self._final_ln.weight.dtype
 
     # ----- weights ---------------------------------------------------------------------------------
     @staticmethod
-    def _ln(ln: nn.Module) -> tuple[Tensor, Tensor, float]:
+    def _ln(ln: nn.Module | None, like: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
+        if ln is None:  # no norm: the identity, as weight 1, bias 0
+            return torch.ones_like(like), torch.zeros_like(like), 0.0
         w = ln.weight
-        b = ln.bias if ln.bias is not None else torch.zeros_like(w)
-        return w, b, float(ln.eps)
+        b = getattr(ln, "bias", None)
+        b = b if b is not None else torch.zeros_like(w)
+        return w, b, float(getattr(ln, "eps", None) or getattr(ln, "variance_epsilon"))
 
     def ln1(self, layer: int) -> tuple[Tensor, Tensor, float]:
-        """(weight [d], bias [d], eps) of the attention LayerNorm."""
-        return self._ln(self._layers[layer]["ln1"])
+        """(weight [d], bias [d], eps) of the attention input's norm (kind :attr:`norm`; bias 0 for RMSNorm;
+        weight 1, bias 0 where there is none)."""
+        return self._ln(self._layers[layer]["ln1"], self._final_ln.weight)
 
     def ln2(self, layer: int) -> tuple[Tensor, Tensor, float]:
-        return self._ln(self._layers[layer]["ln2"])
+        return self._ln(self._layers[layer]["ln2"], self._final_ln.weight)
 
     def ln_final(self) -> tuple[Tensor, Tensor, float]:
         return self._ln(self._final_ln)
 
-    @abstractmethod
+    @property
+    def final_norm(self) -> str:
+        """Kind of the final norm: "layernorm" or "rmsnorm"."""
+        return "layernorm" if self.norm == "layernorm" else "rmsnorm"
+
+    def normalize(self, x: Tensor, params: tuple[Tensor, Tensor, float], kind: str | None = None) -> Tensor:
+        """``x`` [..., d] through a norm with ``params`` (weight, bias, eps) of ``kind`` (default :attr:`norm`),
+        in float32."""
+        w, b, eps = params
+        kind = kind or self.norm
+        x = x.float()
+        if kind == "layernorm":
+            return torch.nn.functional.layer_norm(x, x.shape[-1:], w.float(), b.float(), eps)
+        if kind == "rmsnorm":
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.float()
+        return x
+
     def qkv_params(self, layer: int) -> tuple[Tensor, Tensor]:
-        """W [3, H, dh, d] and b [3, H, dh]: head h's t-projection is ``LN(x) @ W[t, h].T + b[t, h]``."""
+        """W [3, H, dh, d] and b [3, H, dh] of a fused projection (ungrouped architectures only)."""
+        if self.grouped:
+            raise InvalidInput(f"{self.name} has grouped key/value heads; use proj_params(layer, t)")
+        Ws, bs = zip(*(self.proj_params(layer, t) for t in range(3)))
+        return torch.stack(Ws), torch.stack(bs)
+
+    def proj_params(self, layer: int, t: int) -> tuple[Tensor, Tensor]:
+        """W [H_t, dh, d] and b [H_t, dh] of projection t (0 q, 1 k, 2 v): head h's t-input is
+        ``norm(x) @ W[h].T + b[h]`` (H_t = :meth:`heads`)."""
+        W, b = self.qkv_params(layer)
+        return W[t], b[t]
+
+    def project(self, layer: int, t: int, y: Tensor, heads: Tensor) -> Tensor:
+        """Projection t of normalised inputs ``y`` [..., J, d] (one input per listed head, float32) for the
+        ``heads`` [J] (indices into the H_t heads of t): [..., J, dh] float32."""
+        W, b = self.proj_params(layer, t)
+        return torch.einsum("...jd,jed->...je", y, W.float().index_select(0, heads)) + b.float().index_select(0, heads)
 
     @abstractmethod
     def o_weight(self, layer: int) -> Tensor:
-        """W_O [d, H, dh]: head h writes ``z_h @ W_O[:, h].T`` into the residual stream."""
+        """W_O [d, H, dh]: head h writes ``z_h @ W_O[:, h].T`` into the residual stream (before any post-norm)."""
+
+    def head_writes(self, layer: int, z: Tensor, heads: list[int] | None = None) -> Tensor:
+        """Per-head residual writes [B, P, H', d] (float32) from z [B, P, H, dh], for ``heads`` (default all)."""
+        w = self.o_weight(layer).float()
+        if heads is not None:
+            idx = torch.tensor(heads, device=z.device)
+            z, w = z.index_select(2, idx), w.index_select(1, idx)
+        return torch.einsum("bphe,dhe->bphd", z.float(), w)
 
     # ----- activation layout -----------------------------------------------------------------------
-    @abstractmethod
     def split_qkv(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Fused projection output [B, P, 3d] -> (q, k, v) views [B, P, H, dh]."""
+        raise NotImplementedError(f"{self.name} has no fused q/k/v projection")
 
-    @abstractmethod
     def merge_qkv(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Inverse of :meth:`split_qkv` (a new tensor)."""
+        raise NotImplementedError(f"{self.name} has no fused q/k/v projection")
 
     def embed_weight(self) -> Tensor:
         """W_E [V, d]."""
@@ -138,9 +255,16 @@ class ArchAdapter(ABC):
         """Layer ``layer``'s MLP module (input: the normalised residual, output: its residual write)."""
         return self._layers[layer]["mlp"]
 
-    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict) -> tuple[Tensor, Tensor]:
-        """Queries and keys [B, P, H, dh] as the attention scores see them (positional rotation applied);
-        ``attn_kwargs`` are the keyword arguments the attention module was called with."""
+    def mlp_write(self, layer: int, x: Tensor) -> Tensor:
+        """What MLP ``layer`` writes into the residual stream for input ``x`` (its output, after a post-norm)."""
+        out = self.mlp(layer)(x)
+        post = self._layers[layer].get("post_mlp")
+        return post(out) if post is not None else out
+
+    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict, layer: int = 0) -> tuple[Tensor, Tensor]:
+        """Queries [B, P, H, dh] and keys [B, P, H_k, dh] (projection outputs) as the attention scores see them
+        (q/k norms and positional rotation applied); ``attn_kwargs`` are the keyword arguments the attention
+        module was called with."""
         return q, k
 
     def attn_scale(self, layer: int) -> float:
@@ -180,18 +304,23 @@ class GPTNeoXAdapter(ArchAdapter):
     def merge_qkv(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return torch.stack((q, k, v), dim=-2).flatten(-3)
 
-    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict) -> tuple[Tensor, Tensor]:
+    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict, layer: int = 0) -> tuple[Tensor, Tensor]:
         """Rotary embedding on the first ``rotary_dim`` channels of each head (cos/sin [B, P, rotary_dim])."""
-        cos, sin = attn_kwargs["position_embeddings"]
-        cos, sin = cos.unsqueeze(2).to(q.dtype), sin.unsqueeze(2).to(q.dtype)
-        r = cos.shape[-1]
+        return rotary(q, k, attn_kwargs)
 
-        def rotate(x: Tensor) -> Tensor:
-            x_rot, x_pass = x[..., :r], x[..., r:]
-            half = torch.cat((-x_rot[..., r // 2:], x_rot[..., : r // 2]), dim=-1)
-            return torch.cat((x_rot * cos + half * sin, x_pass), dim=-1)
 
-        return rotate(q), rotate(k)
+def rotary(q: Tensor, k: Tensor, attn_kwargs: dict) -> tuple[Tensor, Tensor]:
+    """HF's ``apply_rotary_pos_emb`` in the [B, P, H, dh] layout, on the first cos.shape[-1] channels."""
+    cos, sin = attn_kwargs["position_embeddings"]
+    cos, sin = cos.unsqueeze(2).to(q.dtype), sin.unsqueeze(2).to(q.dtype)
+    r = cos.shape[-1]
+
+    def rotate(x: Tensor) -> Tensor:
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        half = torch.cat((-x_rot[..., r // 2:], x_rot[..., : r // 2]), dim=-1)
+        return torch.cat((x_rot * cos + half * sin, x_pass), dim=-1)
+
+    return rotate(q), rotate(k)
 
 
 class GPT2Adapter(ArchAdapter):
@@ -231,9 +360,116 @@ class GPT2Adapter(ArchAdapter):
         return scale / (layer + 1) if cfg.scale_attn_by_inverse_layer_idx else scale
 
 
+class LlamaAdapter(ArchAdapter):
+    """``LlamaForCausalLM``: pre-norm RMSNorm, separate q/k/v projections (grouped-query attention), rotary on
+    the whole head, gated SiLU MLP, no biases (``attention_bias`` adds q/k/v/o biases)."""
+
+    name = "llama"
+    layers_path = "model.layers"
+    ln1_path = "input_layernorm"
+    proj_paths = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    o_path = "self_attn.o_proj"
+    ln2_path = "post_attention_layernorm"
+    mlp_path = "mlp"
+    final_ln_path = "model.norm"
+    attn_path = "self_attn"
+    norm = "rmsnorm"
+
+    def _parallel(self, cfg) -> bool:
+        return False
+
+    def proj_params(self, layer: int, t: int) -> tuple[Tensor, Tensor]:
+        lin = self._layers[layer]["qkv"[t]]
+        W = lin.weight.view(self.heads(t), self.d_head, self.d_model)
+        b = lin.bias.view(self.heads(t), self.d_head) if lin.bias is not None else W.new_zeros(W.shape[:2])
+        return W, b
+
+    def o_weight(self, layer: int) -> Tensor:
+        return self._layers[layer]["o"].weight.view(self.d_model, self.n_heads, self.d_head)
+
+    def attn_scale(self, layer: int) -> float:
+        return float(getattr(self._layers[layer]["attn"], "scaling", self.d_head ** -0.5))
+
+    def _extra_paths(self) -> dict[str, str]:
+        return {"attn": self.attn_path}
+
+    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict, layer: int = 0) -> tuple[Tensor, Tensor]:
+        return rotary(q, k, attn_kwargs)
+
+
+class Qwen2Adapter(LlamaAdapter):
+    """``Qwen2ForCausalLM``: Llama's layout with q/k/v biases."""
+
+    name = "qwen2"
+
+
+class Qwen3Adapter(LlamaAdapter):
+    """``Qwen3ForCausalLM``: Llama's layout; each head's q and k RMS-normalised over dh before the rotary."""
+
+    name = "qwen3"
+
+    def _extra_paths(self) -> dict[str, str]:
+        return {"attn": self.attn_path, "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
+
+    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict, layer: int = 0) -> tuple[Tensor, Tensor]:
+        mods = self._layers[layer]
+        q = self.normalize(q, self._ln(mods["q_norm"]), "rmsnorm").to(q.dtype)
+        k = self.normalize(k, self._ln(mods["k_norm"]), "rmsnorm").to(k.dtype)
+        return rotary(q, k, attn_kwargs)
+
+
+class Olmo2Adapter(LlamaAdapter):
+    """``Olmo2ForCausalLM``: no norm before attention or MLP; q and k RMS-normalised over the whole projection
+    (all heads together); the attention and MLP outputs RMS-normalised before they enter the residual stream."""
+
+    name = "olmo2"
+    ln1_path = ""  # none: attention reads the raw residual
+    ln2_path = ""
+    norm = "none"
+    attn_in_path = "self_attn.q_proj"  # its input is the residual
+    mlp_in_path = "mlp"
+    mlp_out_path = "post_feedforward_layernorm"
+
+    def __init__(self, model: nn.Module):
+        if getattr(model.config, "attention_bias", False):
+            raise InvalidInput("OLMo-2 with attention biases is not supported: the output bias would pass "
+                               "through the post-attention norm and not cancel between runs")
+        super().__init__(model)
+
+    def _extra_paths(self) -> dict[str, str]:
+        return {"attn": self.attn_path, "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm",
+                "post_attn": "post_attention_layernorm", "post_mlp": "post_feedforward_layernorm"}
+
+    def ln1(self, layer: int) -> tuple[Tensor, Tensor, float]:
+        return self._ln(None, self._final_ln.weight)
+
+    ln2 = ln1
+
+    def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict, layer: int = 0) -> tuple[Tensor, Tensor]:
+        mods = self._layers[layer]
+        q = self.normalize(q.flatten(-2), self._ln(mods["q_norm"]), "rmsnorm").view_as(q).to(q.dtype)
+        k = self.normalize(k.flatten(-2), self._ln(mods["k_norm"]), "rmsnorm").view_as(k).to(k.dtype)
+        return rotary(q, k, attn_kwargs)
+
+    def head_writes(self, layer: int, z: Tensor, heads: list[int] | None = None) -> Tensor:
+        """Each head's share of the normalised attention output: ``w * (z_h W_O[:, h]^T) * r`` with the rms factor
+        r of the whole output (the shares sum to what the layer writes)."""
+        w_o = self.o_weight(layer).float()
+        per_head = torch.einsum("bphe,dhe->bphd", z.float(), w_o)  # [B, P, H, d]
+        w, _, eps = self._ln(self._layers[layer]["post_attn"])
+        r = torch.rsqrt(per_head.sum(2).pow(2).mean(-1) + eps)  # [B, P]
+        if heads is not None:
+            per_head = per_head[:, :, heads]
+        return per_head * (r[..., None, None] * w.float())
+
+
 ADAPTERS: dict[str, type[ArchAdapter]] = {
     "GPTNeoXForCausalLM": GPTNeoXAdapter,
     "GPT2LMHeadModel": GPT2Adapter,
+    "LlamaForCausalLM": LlamaAdapter,
+    "Qwen2ForCausalLM": Qwen2Adapter,
+    "Qwen3ForCausalLM": Qwen3Adapter,
+    "Olmo2ForCausalLM": Olmo2Adapter,
 }
 
 
@@ -242,5 +478,5 @@ def get_arch(model: nn.Module) -> ArchAdapter:
     cls = type(unwrap(model)).__name__
     if cls not in ADAPTERS:
         raise InvalidInput(f"unsupported model class {cls!r}; supported: {sorted(ADAPTERS)} "
-                         "(add an adapter in circuittrack/backends/arch.py)")
+                         "(add an adapter in circuittrack/models/arch.py)")
     return ADAPTERS[cls](model)

@@ -10,8 +10,8 @@ site           value (B batch, P positions, H heads, dh head size)   callback ma
 =============  ====================================================  =============================
 resid0         residual stream entering layer 0 (token embeddings)   read / replace
 attn_in(l)     layer l's attention LayerNorm input (the residual)    read
-qkv(l, t)      projection output of t in (q, k, v): [B, P, H, dh]    read / replace
-qkv_grad(l,t)  dLoss/d(projection output), [B, P, H, dh]             (backward) read
+qkv(l, t)      projection output of t in (q, k, v): [B, P, H_t, dh]  read / replace
+qkv_grad(l,t)  dLoss/d(projection output), [B, P, H_t, dh]           (backward) read
 z(l)           head outputs before W_O: [B, P, H, dh]                read / replace
 mlp_in(l)      MLP LayerNorm input [B, P, d]                         read / replace
 mlp_in_grad(l) dLoss/d(MLP LayerNorm input) through the MLP only     (backward) read
@@ -21,6 +21,7 @@ final_in_grad  dLoss/d(final LayerNorm input)                        (backward) 
 =============  ====================================================  =============================
 
 A forward callback returns ``None`` to leave the value alone or a tensor of the same shape to replace it.
+H_t is H for queries and the number of key/value heads for keys and values (grouped-query attention).
 Gradient callbacks fire during a later ``backward``/``autograd.grad`` of something computed from the logits;
 the runner attaches them to tensors that are really on the path to the loss (for the MLP input it inserts an
 identity node so the gradient is that of the MLP branch alone, not of the whole residual).
@@ -113,16 +114,17 @@ def attach_grad(x: Tensor, fn: Callable[[Tensor], None]) -> Tensor:
     return x
 
 
-def intervene_qkv(arch: ArchAdapter, h: Hooks, layer: int, out: Tensor) -> Tensor:
-    """Apply ``h.qkv`` (per q/k/v, each [B, P, H, dh]) and ``h.qkv_grad`` to a fused projection output;
-    returns ``out`` itself when nothing was replaced."""
+def intervene_qkv(arch: ArchAdapter, h: Hooks, layer: int, out: Tensor, ts: tuple[int, ...] = (0, 1, 2)) -> Tensor:
+    """Apply ``h.qkv`` (per projection t in ``ts``, each [B, P, H_t, dh]) and ``h.qkv_grad`` to the output of a
+    projection module (fused q/k/v, or one of them); returns ``out`` itself when nothing was replaced."""
     if h.qkv is not None:
-        parts = arch.split_qkv(out)
-        new = [h.qkv(layer, t, p) for t, p in enumerate(parts)]
+        parts = arch.split_projection(out, ts)
+        new = [h.qkv(layer, t, p) for t, p in zip(ts, parts)]
         if any(n is not None for n in new):
-            out = arch.merge_qkv(*(p if n is None else n for p, n in zip(parts, new)))
+            out = arch.merge_projection([p if n is None else n for p, n in zip(parts, new)], ts)
     if h.qkv_grad is not None:
-        out = attach_grad(out, lambda g: [h.qkv_grad(layer, t, gt) for t, gt in enumerate(arch.split_qkv(g))])
+        out = attach_grad(out, lambda g: [h.qkv_grad(layer, t, gt)
+                                          for t, gt in zip(ts, arch.split_projection(g, ts))])
     return out
 
 

@@ -61,13 +61,14 @@ class NNsightRunner(Runner):
             for l in range(a.n_layers):
                 layer = layers[l]
                 if h.attn_in is not None:
-                    h.attn_in(l, get_path(layer, a.ln1_path).input)
+                    h.attn_in(l, get_path(layer, a.attn_in_site).input)
                 if h.qkv is not None or h.qkv_grad is not None:
-                    mod = get_path(layer, a.qkv_path)
-                    out = mod.output
-                    new = intervene_qkv(a, h, l, out)
-                    if new is not out:
-                        mod.output = new
+                    for path, ts in a.projection_sites():
+                        mod = get_path(layer, path)
+                        out = mod.output
+                        new = intervene_qkv(a, h, l, out, ts)
+                        if new is not out:
+                            mod.output = new
                 if h.z is not None:
                     mod = get_path(layer, a.o_path)
                     x = mod.input
@@ -75,13 +76,13 @@ class NNsightRunner(Runner):
                     if new is not None:
                         mod.input = new.flatten(-2)
                 if h.mlp_in is not None or h.mlp_in_grad is not None:
-                    mod = get_path(layer, a.ln2_path)
+                    mod = get_path(layer, a.mlp_in_site)
                     x = mod.input
                     y = intervene_input(x, *mlp_in_callbacks(h, l))
                     if y is not x:
                         mod.input = y
                 if h.mlp_out is not None:
-                    mod = get_path(layer, a.mlp_path)
+                    mod = get_path(layer, a.mlp_out_site)
                     new = h.mlp_out(l, mod.output)
                     if new is not None:
                         mod.output = new

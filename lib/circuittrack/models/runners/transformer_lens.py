@@ -21,6 +21,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch
 from circuittrack.models.hooks import QKV_NAMES, Hooks, attach_grad, intervene_input, mlp_in_callbacks
 from circuittrack.models.runners.runner import Runner
@@ -67,7 +68,7 @@ def wrap_transformer_lens(hf_model: nn.Module, tokenizer=None):
         return hf_model.__dict__[_BRIDGE_KEY]
     from transformer_lens.model_bridge import TransformerBridge
 
-    get_arch(hf_model)  # clear error for unsupported classes before booting
+    _check_supported(get_arch(hf_model))  # clear error for unsupported classes before booting
     tok = _placeholder_tokenizer() if tokenizer is None else _reloadable(tokenizer)
     device = next(hf_model.parameters()).device
     bridge = TransformerBridge.boot_transformers(
@@ -75,6 +76,16 @@ def wrap_transformer_lens(hf_model: nn.Module, tokenizer=None):
         device=device, dtype=next(hf_model.parameters()).dtype)
     hf_model.__dict__[_BRIDGE_KEY] = bridge  # plain attribute (not a registered submodule)
     return bridge
+
+
+#: Architectures whose TransformerLens hook layout the runner knows (one fused q/k/v per head, pre-LayerNorm).
+TL_ARCHITECTURES = ("gpt_neox", "gpt2")
+
+
+def _check_supported(arch) -> None:
+    if arch.name not in TL_ARCHITECTURES:
+        raise InvalidInput(f"the transformer_lens backend runs {list(TL_ARCHITECTURES)} models, not {arch.name!r}; "
+                           "use backend='torch' (or 'nnsight')")
 
 
 class TransformerLensRunner(Runner):
@@ -87,10 +98,12 @@ class TransformerLensRunner(Runner):
 
         if isinstance(model, TransformerBridge):
             hf = model.original_model
+            _check_supported(get_arch(hf))
             super().__init__(get_arch(hf), model)
             self.bridge = model
         elif isinstance(model, nn.Module):
             # The bridge rewires the modules it wraps: it gets a private copy, the caller's model stays as it is.
+            _check_supported(get_arch(model))
             hf = copy.deepcopy(model) if copy_model else model
             arch = get_arch(hf)  # capture the original modules before the bridge wraps them
             self.bridge = wrap_transformer_lens(hf)
