@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip's "Location ... is ignored" lines come from this machine's extra local indexes; they are harmless.
 PIPQUIET := grep -v -e 'is ignored: it is neither' || true
 
-.PHONY: venv toy test test-fast book notebooks bench clean-book lab
+.PHONY: venv toy toy-families test test-fast book notebooks bench clean-book lab
 
 ## venv: create .venv (if missing) and install the pinned dependencies plus this package (editable)
 venv: $(STAMP)
@@ -30,6 +30,11 @@ toy: venv
 	@echo "==> toy suite$(if $(filter seeds,$(PROFILE)), and its seed variants,)"
 	@$(VENV)/bin/circuittrack train-toy $(if $(filter seeds,$(PROFILE)),--seeds,)
 
+## toy-families: toy-m and its Llama twin toy-llama-m (PROFILE=families; toy-llama-m trains in about 10 minutes)
+toy-families: venv
+	@echo "==> toy-m and toy-llama-m"
+	@$(VENV)/bin/circuittrack train-toy --models toy-m toy-llama-m
+
 ## test: the whole test suite, offline (trains the toy suite first if needed, and toy-s-seed1, which the seeds
 ##       chapter's smoke run reads)
 test: venv
@@ -43,10 +48,11 @@ test-fast: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 ## notebooks: execute every notebook with papermill into book/executed/ (PROFILE=toy|seeds|smoke|paper|polypythias,
-##            JOBS=2); each notebook computes what it shows through the sweep (results in data/results/), then
-##            draws it; PROFILE=seeds adds chapter 6 (seed variants)
+##            families, JOBS=2); each notebook computes what it shows through the sweep (results in data/results/), then
+##            draws it; PROFILE=seeds adds chapter 6 (seed variants), PROFILE=families chapter 8 (toy-m and its
+##            Llama twin toy-llama-m, the claims side by side)
 JOBS ?= 2
-notebooks: venv $(if $(filter toy smoke seeds,$(PROFILE)),toy,)
+notebooks: venv $(if $(filter toy smoke seeds,$(PROFILE)),toy,) $(if $(filter families,$(PROFILE)),toy-families,)
 	@echo "==> notebooks (profile $(PROFILE), $(JOBS) jobs)"
 	$(VENV)/bin/circuittrack notebooks --profile $(PROFILE) --jobs $(JOBS)
 
@@ -72,7 +78,8 @@ lab: venv
 ## bench: toy training speed (edition 2's step against edition 3's, tokens per second, where the time goes),
 ##        EAP-IG speed and memory (toy-l, a random Pythia-160m shape) and circuit discovery at Pythia-2.8b graph
 ##        size (scores, greedy order over 1.6M edges, size search to 1600 edges); DEVICE=cuda on a GPU; the circuit
-##        viewer at that size in headless Chromium (1,600 edges x 150 checkpoints: page load, slider move)
+##        viewer at that size in headless Chromium (1,600 edges x 150 checkpoints: page load, slider move); EAP-IG
+##        and circuit discovery on random models with OLMo-2 1B's graph and a grouped-query Llama 1B's
 DEVICE ?= cpu
 bench: toy
 	@mkdir -p benchmarks/out
@@ -85,6 +92,12 @@ bench: toy
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_circuits.py --device $(DEVICE) \
 	  --out benchmarks/out/circuits-pythia2.8b-graph-$(DEVICE).json
 	$(PY) benchmarks/bench_viewer.py --out benchmarks/out/viewer-pythia2.8b-size.json
+	for shape in olmo2-1b llama-gqa-1b; do \
+	  HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) --shape $$shape --backends torch \
+	    --batch-size 32 --seq-len 20 --n-examples 32 --out benchmarks/out/attribution-$$shape-$(DEVICE).json; \
+	  HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_circuits.py --device $(DEVICE) --shape $$shape \
+	    --out benchmarks/out/circuits-$$shape-graph-$(DEVICE).json; \
+	done
 
 clean-book:
 	rm -rf _build book/executed

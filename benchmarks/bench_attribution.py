@@ -13,6 +13,9 @@ Baselines (same examples, same batch size):
 * ``fwd+bwd (activations only)``: parameters frozen, gradient w.r.t. the input embeddings only, logits at the
   answer positions only: the least a gradient pass can cost, i.e. the floor for one EAP-IG step.
 
+``--shape olmo2-1b`` or ``llama-gqa-1b`` benchmarks a random model with that graph at hidden 256 (see
+bench_circuits.py; the transformer_lens backend does not run them).
+
 Example::
 
     python benchmarks/bench_attribution.py --device cpu --batch-size 16 --seq-len 16 --n-examples 32 \
@@ -43,12 +46,45 @@ def pythia_160m_config():
                          layer_norm_eps=1e-5, tie_word_embeddings=False)
 
 
+def pythia_2p8b_graph_config(vocab: int = 2048, hidden: int = 256, intermediate: int = 1024):
+    """Pythia-2.8b's graph shape (32 x 32 heads, parallel residual, rotary 0.25) at reduced width."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(hidden_size=hidden, num_hidden_layers=32, num_attention_heads=32,
+                         intermediate_size=intermediate, rotary_pct=0.25, use_parallel_residual=True,
+                         vocab_size=vocab, max_position_embeddings=2048, layer_norm_eps=1e-5,
+                         tie_word_embeddings=False)
+
+
+def shape_model(shape: str, vocab: int = 2048, hidden: int = 256, intermediate: int = 1024):
+    """A randomly initialised model with the graph of ``shape`` (bench_circuits.SHAPES) at reduced width."""
+    import transformers
+
+    if shape == "pythia-2.8b":
+        return transformers.GPTNeoXForCausalLM(pythia_2p8b_graph_config(vocab, hidden, intermediate))
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=16,
+                  max_position_embeddings=2048, tie_word_embeddings=False)
+    if shape == "olmo2-1b":
+        return transformers.Olmo2ForCausalLM(transformers.Olmo2Config(num_attention_heads=16, num_key_value_heads=16,
+                                                                      **common))
+    if shape == "llama-gqa-1b":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(num_attention_heads=32, num_key_value_heads=8,
+                                                                      **common))
+    raise SystemExit(f"unknown shape {shape!r}; choose from {', '.join(SHAPE_NAMES)}")
+
+
+SHAPE_NAMES = ("pythia-2.8b", "olmo2-1b", "llama-gqa-1b")
+
+
 def load_model(spec: dict):
     from transformers import AutoModelForCausalLM, GPTNeoXForCausalLM
 
     dtype = DTYPES[spec["dtype"]]
     if spec.get("model_path"):
         model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=dtype)
+    elif spec.get("shape"):
+        torch.manual_seed(0)
+        model = shape_model(spec["shape"]).to(dtype)
     else:
         torch.manual_seed(0)
         model = GPTNeoXForCausalLM(pythia_160m_config()).to(dtype)
@@ -165,6 +201,8 @@ def worker(spec: dict) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-path", default=None, help="HF model directory (default: random Pythia-160m shape)")
+    ap.add_argument("--shape", default=None, choices=SHAPE_NAMES,
+                    help="a random model with this graph at hidden 256 instead (see bench_circuits.py)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--batch-size", type=int, default=16)
@@ -187,7 +225,7 @@ def main(argv=None) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
     backends = [b for b in args.backends.split(",") if b]
-    base = dict(model_path=args.model_path, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+    base = dict(model_path=args.model_path, shape=args.shape, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                 seq_len=args.seq_len, n_examples=args.n_examples, ig_steps=args.ig_steps, method=args.method,
                 threads=args.threads, repeats=args.repeats, backend="torch")
     cases = [("fwd+bwd (HF default)", dict(base, case="fwd_bwd_default")),

@@ -2,7 +2,10 @@
 
 The model is a randomly initialised ``GPTNeoXForCausalLM`` with Pythia-2.8b's *graph* (32 layers x 32 heads,
 parallel residual, so 1,591,857 edges) at reduced width (hidden 256, head dim 8, MLP 1024, vocabulary 2048), on
-synthetic logit-difference data (``bench_attribution.make_data``). Stages, each in a fresh subprocess:
+synthetic logit-difference data (``bench_attribution.make_data``). ``--shape olmo2-1b`` takes OLMo-2 1B's graph
+instead (``Olmo2ForCausalLM``, 16 layers x 16 heads, no pre-norms, q/k norms, post-norms: 101,273 edges) and
+``--shape llama-gqa-1b`` a grouped-query Llama of that size (Llama-3.2-1B's 16 layers x 32 query heads reading 8
+key/value heads: 195,865 edges), both at hidden 256. Stages, each in a fresh subprocess:
 
 * ``refs``:   one forward-only pass and one plain forward+backward (``model(ids).logits``, loss = -mean metric,
               parameter gradients) over the same examples in the same batches: the units the stages are
@@ -67,23 +70,19 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_attribution import DTYPES, _sync, make_data  # noqa: E402
+from bench_attribution import DTYPES, _sync, make_data, shape_model  # noqa: E402
 
 #: Pythia-2.8b: 32 layers x 32 heads, parallel attention and MLP.
 EXPECTED_EDGES = 1_591_857
+#: --shape -> (edges of its graph, description)
+SHAPES = {"pythia-2.8b": (EXPECTED_EDGES, "random GPTNeoX 32 layers x 32 heads, hidden 256 (head dim 8), MLP 1024, "
+                                          "parallel residual"),
+          "olmo2-1b": (101_273, "random OLMo-2 16 layers x 16 heads, hidden 256 (head dim 16), MLP 1024, post-norms"),
+          "llama-gqa-1b": (195_865, "random Llama 16 layers x 32 query heads / 8 key-value heads, hidden 256 "
+                                    "(head dim 8), MLP 1024")}
 STAGES = ("refs", "scores", "greedy", "search")
 TARGET_SEARCH_MB = 2048.0  # size search: peak memory beyond the model and one batch's activations (fwd+bwd)
 TARGET_GREEDY_S = 5.0  # greedy order over all edges, one core
-
-
-def pythia_2p8b_graph_config(vocab: int = 2048, hidden: int = 256, intermediate: int = 1024):
-    """Pythia-2.8b's graph shape (32 x 32 heads, parallel residual, rotary 0.25) at reduced width."""
-    from transformers import GPTNeoXConfig
-
-    return GPTNeoXConfig(hidden_size=hidden, num_hidden_layers=32, num_attention_heads=32,
-                         intermediate_size=intermediate, rotary_pct=0.25, use_parallel_residual=True,
-                         vocab_size=vocab, max_position_embeddings=2048, layer_norm_eps=1e-5,
-                         tie_word_embeddings=False)
 
 
 # ----- child side ------------------------------------------------------------------------------------------
@@ -142,16 +141,15 @@ class PeakMemory:
 
 
 def _build(spec: dict):
-    from transformers import GPTNeoXForCausalLM
-
     from circuittrack.circuits.graph import Graph
 
     torch.manual_seed(spec["seed"])
-    model = GPTNeoXForCausalLM(pythia_2p8b_graph_config(spec["vocab"])).to(DTYPES[spec["dtype"]])
+    model = shape_model(spec["shape"], spec["vocab"]).to(DTYPES[spec["dtype"]])
     model = model.to(spec["device"]).eval()
     graph = Graph.from_config(model.config)
-    if graph.n_edges != EXPECTED_EDGES:
-        raise AssertionError(f"graph has {graph.n_edges} edges, expected {EXPECTED_EDGES} (Pythia-2.8b)")
+    expected = SHAPES[spec["shape"]][0]
+    if graph.n_edges != expected:
+        raise AssertionError(f"graph has {graph.n_edges} edges, expected {expected} ({spec['shape']})")
     data = make_data(spec["vocab"], spec["n_examples"], spec["seq_len"], spec["seed"]).slice(0, spec["n_use"])
     return model, graph, data
 
@@ -353,6 +351,7 @@ def main(argv=None) -> None:
                     help="examples for the size search (default: --n-examples; the first ones of the same data)")
     ap.add_argument("--stages", default="refs,scores,greedy,search", help=f"subset of {','.join(STAGES)}")
     ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--shape", default="pythia-2.8b", choices=sorted(SHAPES), help="the graph to benchmark")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default; greedy uses 1)")
     ap.add_argument("--ref-repeats", type=int, default=3, help="reference passes are timed as the best of this many")
@@ -395,12 +394,12 @@ def main(argv=None) -> None:
     scores_path = args.scores_file or os.path.join(tmp.name, "scores.pt")
     base = dict(device=args.device, dtype=args.dtype, n_examples=args.n_examples, n_use=args.n_examples,
                 seq_len=args.seq_len, batch_size=args.batch_size, circuit_batch=args.circuit_batch,
-                ig_steps=args.ig_steps, method=args.method, max_size=args.max_size, vocab=args.vocab,
+                ig_steps=args.ig_steps, method=args.method, max_size=args.max_size, vocab=args.vocab, shape=args.shape,
                 seed=args.seed, threads=args.threads, ref_repeats=args.ref_repeats, scores_path=scores_path)
-    n_params = sum(p.numel() for p in _param_shapes(args.vocab))
-    print(f"# Circuit discovery at Pythia-2.8b graph size: random GPTNeoX 32 layers x 32 heads, hidden 256 "
-          f"(head dim 8), MLP 1024, parallel residual, vocab {args.vocab}: {n_params / 1e6:.1f}M parameters, "
-          f"{EXPECTED_EDGES:,} edges", flush=True)
+    n_params = sum(p.numel() for p in _param_shapes(args.shape, args.vocab))
+    n_edges, what = SHAPES[args.shape]
+    print(f"# Circuit discovery at {args.shape} graph size: {what}, vocab {args.vocab}: {n_params / 1e6:.1f}M "
+          f"parameters, {n_edges:,} edges", flush=True)
     print(f"# device {args.device}, dtype {args.dtype}, torch threads {args.threads or torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs; data: {args.n_examples} examples x {args.seq_len} tokens (logit_diff), "
           f"batch {args.batch_size}; search on {n_search} examples, k={args.circuit_batch} circuits per call, "
@@ -461,7 +460,7 @@ def main(argv=None) -> None:
 
     report(args, rows, n_search, scores_note)
     meta = dict({k: v for k, v in vars(args).items() if k != "worker"}, search_examples=n_search,
-                n_edges=EXPECTED_EDGES, n_params=n_params, torch=torch.__version__, platform=platform.platform(),
+                n_edges=SHAPES[args.shape][0], n_params=n_params, torch=torch.__version__, platform=platform.platform(),
                 cpu_count=os.cpu_count(), scores=scores_note, loadavg_start=load0,
                 loadavg_end=os.getloadavg() if hasattr(os, "getloadavg") else None,
                 cuda=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
@@ -501,12 +500,10 @@ def _meminfo_kib() -> dict:
     return out
 
 
-def _param_shapes(vocab: int):
+def _param_shapes(shape: str, vocab: int):
     """Parameter tensors of the benchmark model, on the meta device (for the header; no memory)."""
-    from transformers import GPTNeoXForCausalLM
-
     with torch.device("meta"):
-        return list(GPTNeoXForCausalLM(pythia_2p8b_graph_config(vocab)).parameters())
+        return list(shape_model(shape, vocab).parameters())
 
 
 def report(args, rows: dict, n_search: int, scores_note: str) -> None:

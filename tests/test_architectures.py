@@ -63,11 +63,12 @@ def arch_model(request):
 # ----- the literal edge-level model --------------------------------------------------------------------------
 
 def literal_run(kind: str, model, ids: torch.Tensor, alpha: torch.Tensor | None = None,
-                delta: torch.Tensor | None = None, choose=None, embed: torch.Tensor | None = None):
+                delta: torch.Tensor | None = None, choose=None, embed: torch.Tensor | None = None, heads=None):
     """(logits [B, P, V], source outputs [n_src, B, P, d]) of the model as an explicit graph.
 
     A destination v's input is ``sum_u out_u + alpha[u, v] * delta[u]`` over its upstream sources u; with
-    ``choose(v, outs)`` it is whatever that returns. ``embed`` replaces the token embeddings (the input node)."""
+    ``choose(v, outs)`` it is whatever that returns. ``embed`` replaces the token embeddings (the input node);
+    ``heads(l, outputs)`` may replace layer l's head outputs [B, P, H, d]."""
     mod = importlib.import_module(f"transformers.models.{CLASSES[kind][2]}.modeling_{CLASSES[kind][2]}")
     cfg = model.config
     graph = Graph.from_config(cfg)
@@ -112,6 +113,8 @@ def literal_run(kind: str, model, ids: torch.Tensor, alpha: torch.Tensor | None 
             n = layer.post_attention_layernorm
             r = torch.rsqrt(per_head.sum(2).pow(2).mean(-1, keepdim=True) + n.variance_epsilon)
             per_head = per_head * r[..., None] * n.weight
+        if heads is not None:
+            per_head = heads(l, per_head)
         outs += list(per_head.unbind(2))
         y = input_of(graph.dst_mlp(l))
         if kind == "olmo2":
@@ -326,7 +329,7 @@ def test_model_and_graph_must_agree_on_groups():
 def test_ov_circuits_read_each_heads_key_value_group(arch_model):
     """A one-token prompt makes every head attend to that token only, so each head's output is its OV circuit
     of the token's residual: ``ov_outputs`` (through the adapter's norm) equals the HF model's own head outputs,
-    which each query head computes from its group's values."""
+    which each query head computes from its group's values (OLMo-2: each head alone through its post-norm)."""
     from circuittrack.components.ov import ov_outputs
     from circuittrack.models.arch import get_arch
 
@@ -338,7 +341,86 @@ def test_ov_circuits_read_each_heads_key_value_group(arch_model):
     with torch.no_grad():
         model(input_ids=ids, use_cache=False)
     hook.remove()
-    want = a.head_writes(0, z[0].view(8, 1, a.n_heads, a.d_head))[:, 0].transpose(0, 1)  # [H, n, d]
+    zh = z[0].view(8, a.n_heads, a.d_head)
+    W_O = model.model.layers[0].self_attn.o_proj.weight.view(-1, a.n_heads, a.d_head)
+    want = torch.einsum("nhe,dhe->hnd", zh, W_O)  # [H, n, d]
+    if kind == "olmo2":  # a head alone through the post-attention norm
+        want = model.model.layers[0].post_attention_layernorm(want)
     x = model.model.embed_tokens(ids[:, 0])
     got = ov_outputs(a, 0, a.normalize(x, a.ln1(0)))
     assert rel(got, want) < 1e-5
+
+
+def literal_path_patch(kind, model, data, sender: tuple[int, int], receiver) -> float:
+    """Wang et al.'s three steps on the literal model: (1) the corrupted run; (2) the clean run with every head's
+    output frozen at its clean value except the sender's (corrupted), MLPs recomputing; (3) for a head-input
+    receiver, the clean run with only that input taken from (2)'s residual. Mean metric."""
+    graph = Graph.from_config(model.config)
+    L = model.config.num_hidden_layers
+    with torch.no_grad():
+        _, clean = literal_run(kind, model, data.clean)
+        _, corr = literal_run(kind, model, data.corrupted)
+
+        def frozen(l, per_head):
+            rows = [graph.src_head(l, h) for h in range(per_head.shape[2])]
+            out = clean[rows].permute(1, 2, 0, 3).clone()
+            if l == sender[0]:
+                out[:, :, sender[1]] = corr[graph.src_head(*sender)]
+            return out
+
+        logits2, outs2 = literal_run(kind, model, data.clean, heads=frozen)
+        if receiver == "logits":
+            logits = logits2
+        else:
+            l, h, t = receiver
+            col = graph.dst_head(l, h, t)
+            logits, _ = literal_run(kind, model, data.clean,
+                                    choose=lambda c, outs: outs2[:len(outs)].sum(0) if c == col else sum(outs))
+    return float(metric_per_example(logits[torch.arange(len(data)), data.answer_pos], data).mean())
+
+
+@pytest.mark.parametrize("receiver", ["logits", (1, 2, "q"), (1, 1, "k"), (1, 0, "v")])
+def test_path_patching_is_wang_et_al_on_the_literal_model(arch_model, receiver):
+    """Path patching (MLPs recomputing, other heads frozen) from every layer-0 head; for grouped k/v receivers the
+    head index is the key/value group. On OLMo-2 the heads are frozen at their shares of the post-normed output."""
+    from circuittrack.circuits.path_patching import path_patch
+
+    kind, model = arch_model
+    data = make_task(n=4)
+    got = path_patch(model, data, senders=[(0, h) for h in range(4)],
+                     receivers="logits" if receiver == "logits" else [receiver])
+    want = [literal_path_patch(kind, model, data, (0, h), receiver) for h in range(4)]
+    assert max(abs(g - w) for g, w in zip(got["patched"], want)) < 2e-5 * max(1.0, max(abs(w) for w in want))
+    assert float((got["patched"] - got["clean"]).abs().max()) > 1e-4  # the senders matter
+
+
+@pytest.mark.parametrize("kind", ARCHS)
+def test_successor_head_logits_follow_the_modules_literally(kind):
+    """MLP0(W_E[x]) (after OLMo-2's post-norm) . OV . W_U with each query head reading its key/value group's
+    values, by calling the model's own modules; without the value bias (the paper's) and with it."""
+    from circuittrack.components.successor import head_logits
+
+    model = make_arch(kind)
+    tokens = torch.tensor([3, 7, 11])
+    paper, biased = head_logits(model, tokens), head_logits(model, tokens, value_bias=True)
+    H, G, dh = 4, 2, getattr(model.config, "head_dim", None) or 8
+    W_U = model.get_output_embeddings().weight
+    for l, layer in enumerate(model.model.layers):
+        att = layer.self_attn
+        for h in range(H):
+            for i, t in enumerate(tokens.tolist()):
+                with torch.no_grad():
+                    first = model.model.layers[0]
+                    m0 = first.mlp(model.model.embed_tokens.weight[t])
+                    if kind == "olmo2":
+                        m0 = first.post_feedforward_layernorm(m0)
+                    v = att.v_proj(m0).view(G, dh)[h // (H // G)]
+                    bias = att.v_proj.bias.view(G, dh)[h // (H // G)] if att.v_proj.bias is not None else 0 * v
+                    W_O = att.o_proj.weight[:, h * dh:(h + 1) * dh].T
+                    o_biased, o = v @ W_O, (v - bias) @ W_O
+                    if kind == "olmo2":  # the head's share of the normalised output, alone in the layer
+                        n = layer.post_attention_layernorm
+                        o_biased = o_biased * torch.rsqrt(o_biased.pow(2).mean() + n.variance_epsilon) * n.weight
+                        o = o * torch.rsqrt(o.pow(2).mean() + n.variance_epsilon) * n.weight
+                assert torch.allclose(biased[l, h, i], W_U @ o_biased, atol=1e-5)
+                assert torch.allclose(paper[l, h, i], W_U @ o, atol=1e-5)

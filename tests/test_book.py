@@ -207,3 +207,18 @@ def test_the_default_book_leaves_the_seeds_chapter_out_and_the_seeds_profile_add
     assert toc_files(book_toc("seeds", tmp_path)) == expected
     assert "06_seeds" not in [p.stem for p in check_selection(None, profile="toy")]
     assert "06_seeds" in [p.stem for p in check_selection(None, profile="seeds")]
+
+
+def test_the_families_profile_adds_the_architectures_chapter_and_only_it_runs_it(tmp_path):
+    from circuittrack.book.notebooks import check_selection
+    from circuittrack.errors import InvalidInput
+
+    shutil.copy(REPO / "_toc.yml", tmp_path / "_toc.yml")
+    expected = toc_files()
+    expected.insert(expected.index("book/executed/07_compared_with_paper"), "book/executed/08_architectures")
+    assert toc_files(book_toc("families", tmp_path)) == expected
+    stems = [p.stem for p in check_selection(None, profile="families")]
+    assert "08_architectures" in stems and "06_seeds" not in stems
+    assert "08_architectures" not in [p.stem for p in check_selection(None, profile="toy")]
+    with pytest.raises(InvalidInput, match="valid profiles for it: families"):
+        check_selection(["08_architectures"], profile="toy")

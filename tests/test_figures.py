@@ -295,3 +295,22 @@ def test_the_intros_verdicts_link_to_rows_of_the_rendered_claims_table_that_hold
                 assert got == [claim, item, verdict], (anchor, got)
                 linked.append(int(row))
     assert sorted(linked) == list(range(len(table)))
+
+
+def test_claims_side_by_side_agree_only_where_every_architecture_can_judge():
+    from circuittrack.figures.architectures import across, agreement
+
+    def table(rows):
+        return pd.DataFrame([dict(claim=c, item=i, paper="p", **{"this run": v}, verdict=w, why="") for c, i, v, w in rows],
+                            columns=["claim", "item", "paper", "this run", "verdict", "why"])
+
+    a = table([("A", "IOI", "1", "holds"), ("B", "IOI", "2", "holds"), ("C", "IOI", "3", "not comparable")])
+    b = table([("A", "IOI", "4", "holds"), ("B", "IOI", "5", "does not hold"), ("D", "SVA", "6", "holds")])
+    t = across({"neox": a, "llama": b})
+    got = {(r.claim, r.item): (r.neox, r.llama, r.agree) for r in t.itertuples()}
+    assert got == {("A", "IOI"): ("holds", "holds", "yes"), ("B", "IOI"): ("holds", "does not hold", "no"),
+                   ("C", "IOI"): ("not comparable", "not comparable", ""),
+                   ("D", "SVA"): ("not comparable", "holds", "")}
+    assert list(t["claim"]) == ["A", "B", "C", "D"] and t.loc[0, "llama: value"] == "4"
+    assert agreement(t) == ("2 of 4 claim rows are comparable in every architecture; the verdicts agree on 1 of them"
+                            " and differ on 1.")

@@ -10,7 +10,7 @@ from circuittrack.models.suites import (
     main_models,
     register_hf_model,
 )
-from circuittrack.toy.config import TOY_MODELS, TOY_SCHEDULE, TOY_TRAIN_STEPS
+from circuittrack.toy.config import TOY_EXTRA_MODELS, TOY_MODELS, TOY_SCHEDULE, TOY_TRAIN_STEPS
 
 
 def test_pythia_has_154_checkpoints_on_the_documented_schedule():
@@ -64,7 +64,7 @@ def test_bad_choices_list_the_valid_ones(suite, model, step, needle):
 
 def test_toy_suite_is_pythia_like():
     suite = get_suite("toy")
-    assert main_models(suite) == list(TOY_MODELS)
+    assert main_models(suite) == list(TOY_MODELS) + list(TOY_EXTRA_MODELS)
     assert TOY_SCHEDULE[0] == 0 and TOY_SCHEDULE[-1] == TOY_TRAIN_STEPS
     assert len(TOY_SCHEDULE) <= 25
     powers = [s for s in TOY_SCHEDULE[1:] if s & (s - 1) == 0 and s <= 512]
@@ -79,7 +79,7 @@ def test_hf_suite_takes_user_revisions():
     spec = register_hf_model("EleutherAI/pythia-160m-weight-seed1", [1000, 0, 143000])
     assert spec.steps == (0, 1000, 143000) and spec.revision(1000) == "step1000"
     assert get_suite("hf").model("EleutherAI/pythia-160m-weight-seed1").final_step == 143000
-    with pytest.raises(ValueError, match="at least one checkpoint"):
+    with pytest.raises(ValueError, match="needs checkpoint steps or revision names"):
         register_hf_model("x/y", [])
 
 

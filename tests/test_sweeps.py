@@ -294,7 +294,7 @@ def test_evict_removes_each_hub_checkpoint_once_its_jobs_are_stored(tmp_path):
 def test_evict_is_refused_for_the_toy_suite(capsys, tmp_path):
     grid = write(tmp_path, GOOD)
     code, out, err = run_cli(capsys, "sweep", "--grid", str(grid), "--store", str(tmp_path / "s"), "--evict")
-    assert code == 2 and "toy" in err and "valid suites for --evict: pythia, hf" in err
+    assert code == 2 and "toy" in err and "valid suites for --evict: pythia, hf, crfm, olmo2, smollm2, amber" in err
     assert "Traceback" not in err and not (tmp_path / "s").exists()
 
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 MICRO = TrainSettings(steps=30, schedule=(0, 1, 2, 4, 8, 16, 30), batch_size=8, seq_len=32, vocab_size=700,
                       lr=1e-2, warmup=2, heldout_seqs=8, tokenizer_chars=200_000)
-MICRO_SHAPES = {"micro-a": ToyShape(n_layers=1, d_model=16, n_heads=2), "micro-b": ToyShape(2, 16, 2)}
+MICRO_SHAPES = {"micro-a": ToyShape(n_layers=1, d_model=16, n_heads=2), "micro-b": ToyShape(2, 16, 2),
+                "micro-llama": ToyShape(2, 16, 4, arch="llama", n_kv_heads=2)}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,16 @@ def test_micro_training_saves_schedule_and_lowers_heldout_loss(micro_suite):
         assert is_trained(d / name, MICRO, MICRO_SHAPES[name])
         assert not is_trained(d / name, MICRO, ToyShape(3, 16, 2))  # another shape is not this model
         assert not (d / f"{name}.partial").exists()
+    cfg = json.loads((d / "micro-llama" / "step30" / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["num_key_value_heads"] == 2
+    n = sum(t.numel() for t in load_file(d / "micro-llama" / "step30" / "model.safetensors").values())
+    assert n == MICRO_SHAPES["micro-llama"].n_params(MICRO.vocab_size) == manifests["micro-llama"]["n_params"]
+
+
+def test_shapes_written_before_the_architecture_fields_still_match():
+    """A GPT-NeoX shape records no architecture fields, so the toy suite's manifests from before them match."""
+    assert ToyShape(2, 64, 4, lr=5e-3).record() == {"n_layers": 2, "d_model": 64, "n_heads": 4, "lr": 5e-3}
+    assert ToyShape(3, 96, 6, arch="llama", n_kv_heads=2).record()["arch"] == "llama"
 
 
 def test_training_is_deterministic_and_cached(micro_suite, tmp_path):

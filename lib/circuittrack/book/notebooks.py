@@ -5,7 +5,8 @@ A profile names the grid the notebooks compute from (``toy``: ``grids/toy.yaml``
 checkpoints, what the tests run) and, for the seeds chapter, a grid of seed variants (``seeds``: the toy grid
 plus ``grids/seeds.yaml``; ``polypythias``: the paper grid plus ``grids/polypythias.yaml``; ``smoke``:
 ``grids/smoke-seeds.yaml``). A profile without one leaves the seeds chapter out of the run and of the book's
-table of contents (:func:`book_toc`). Each notebook declares in its ``parameters`` cell what it takes (``grid``,
+table of contents (:func:`book_toc`). The ``families`` profile (``grids/families.yaml``: toy-m and toy-llama-m, one
+shape as GPT-NeoX and as Llama) adds the architectures chapter. Each notebook declares in its ``parameters`` cell what it takes (``grid``,
 ``seeds_grid``, ``jobs``, ``store``, ``models``...); a notebook gets only the parameters it declares.
 Executed copies go into the build folder (``book/executed/``), which the Jupyter Book renders; a notebook runs
 there, so its figures' SVG and PNG files land next to it (``figures/``). A notebook that fails is recorded (its
@@ -22,11 +23,13 @@ from circuittrack import paths
 from circuittrack.errors import InvalidInput, choices
 
 PROFILES = {"toy": "grids/toy.yaml", "seeds": "grids/toy.yaml", "smoke": "grids/smoke.yaml",
-            "paper": "grids/paper.yaml", "polypythias": "grids/paper.yaml"}
+            "paper": "grids/paper.yaml", "polypythias": "grids/paper.yaml", "families": "grids/families.yaml"}
 #: The seed-variant grid of the profiles that run the seeds chapter.
 SEEDS_GRIDS = {"seeds": "grids/seeds.yaml", "smoke": "grids/smoke-seeds.yaml", "polypythias": "grids/polypythias.yaml"}
 #: Chapters that need a seeds grid (left out of profiles without one).
 SEEDS_CHAPTERS = ("06_seeds",)
+#: Chapters only some profiles run: the chapter -> those profiles (left out of the others' runs and books).
+PROFILE_CHAPTERS = {**{c: tuple(SEEDS_GRIDS) for c in SEEDS_CHAPTERS}, "08_architectures": ("families",)}
 
 
 def notebooks_dir() -> Path:
@@ -67,34 +70,37 @@ def check_selection(only: list[str] | None, folder: Path | None = None, profile:
     has), checked before any work."""
     found = list_notebooks(folder)
     if not only:
-        return [p for p in found if profile in SEEDS_GRIDS or p.stem not in SEEDS_CHAPTERS]
+        return [p for p in found if profile in PROFILE_CHAPTERS.get(p.stem, (profile,))]
     names = {p.stem: p for p in found}
     wanted = [n[:-6] if n.endswith(".ipynb") else n for n in only]
     missing = [n for n in wanted if n not in names]
     if missing:
         raise InvalidInput(f"no notebook named {', '.join(missing)}; valid notebooks: {choices(names) or '(none)'}")
-    seeds_only = [n for n in wanted if n in SEEDS_CHAPTERS and profile not in SEEDS_GRIDS]
-    if seeds_only:
-        raise InvalidInput(f"{', '.join(seeds_only)} needs seed variants, which profile {profile!r} has not; valid "
-                           f"profiles for it: {choices(SEEDS_GRIDS)}")
+    for n in wanted:
+        if profile not in PROFILE_CHAPTERS.get(n, (profile,)):
+            what = "seed variants" if n in SEEDS_CHAPTERS else "both toy architectures"
+            raise InvalidInput(f"{n} needs {what}, which profile {profile!r} has not; valid profiles for it: "
+                               f"{choices(PROFILE_CHAPTERS[n])}")
     return [names[n] for n in wanted]
 
 
 def book_toc(profile: str, root: Path | None = None) -> Path:
-    """The table of contents to build ``profile``'s book with: ``_toc.yml``, plus the seeds chapter (before
-    "Compared with the paper") for a profile with seed variants, written to ``_build/_toc-<profile>.yml``."""
+    """The table of contents to build ``profile``'s book with: ``_toc.yml``, plus the chapters only this profile
+    runs (the seeds chapter, the architectures chapter) before "Compared with the paper", written to
+    ``_build/_toc-<profile>.yml``."""
     import yaml
 
     root = Path(root or paths.repo_root())
     base = root / "_toc.yml"
-    if profile not in SEEDS_GRIDS:
+    extra = [c for c, profiles in PROFILE_CHAPTERS.items() if profile in profiles]
+    if not extra:
         return base
     toc = yaml.safe_load(base.read_text())
     for part in toc.get("parts", []):
         files = [c["file"] for c in part["chapters"]]
         if "book/executed/07_compared_with_paper" in files:
             at = files.index("book/executed/07_compared_with_paper")
-            part["chapters"][at:at] = [{"file": f"book/executed/{n}"} for n in SEEDS_CHAPTERS]
+            part["chapters"][at:at] = [{"file": f"book/executed/{n}"} for n in extra]
     out = root / "_build" / f"_toc-{profile}.yml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("# Written by circuittrack.book.notebooks.book_toc from _toc.yml; do not edit.\n"

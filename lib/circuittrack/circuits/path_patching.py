@@ -173,11 +173,14 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
     bar = progress_bar(progress, -(-len(data) // size) * len(heads), "path patching", unit="sender")
     with runner.session(), torch.no_grad():
         for batch in device_batches(data, size, runner.device):
-            z_clean, z_corr = {}, {}
-            clean = answer_metric(runner.forward(batch.clean, recording_z(z_clean), batch.answer_pos), batch)
+            z_clean, z_corr, out_clean = {}, {}, {}
+            record = recording_z(z_clean)
+            if a.post_norm:
+                record.attn_out = lambda l, x: out_clean.__setitem__(l, x.detach())
+            clean = answer_metric(runner.forward(batch.clean, record, batch.answer_pos), batch)
             corrupted = answer_metric(runner.forward(batch.corrupted, recording_z(z_corr), batch.answer_pos), batch)
             for k, group in enumerate(heads):
-                frozen = _frozen_heads(z_clean, z_corr, group)
+                frozen = _frozen_heads(a, z_clean, z_corr, group, out_clean)
                 if into_logits:
                     logits = runner.forward(batch.clean, frozen, batch.answer_pos)
                 else:
@@ -195,9 +198,10 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
 
 
 def _receiver(name: str) -> tuple[int, int, int]:
-    """(layer, head, q/k/v index) of a head-input destination name such as ``a2.h3<q>``."""
+    """(layer, head, q/k/v index) of a head-input destination name such as ``a2.h3<q>`` (or a key/value group's
+    ``a2.kv1<k>``: then the head is the group)."""
     node, t = name[:-3], name[-2]
-    layer, head = node[1:].split(".h")
+    layer, head = node[1:].split(".kv" if ".kv" in node else ".h")
     return int(layer), int(head), QKV.index(t)
 
 
@@ -206,8 +210,20 @@ def recording_z(store: dict) -> Hooks:
     return Hooks(z=lambda l, z: store.__setitem__(l, z.detach()))
 
 
-def _frozen_heads(z_clean: dict, z_corr: dict, group: list[tuple[int, int]]) -> Hooks:
-    """Every head's z at its clean value except the group's, taken from the corrupted run."""
+def _frozen_heads(arch, z_clean: dict, z_corr: dict, group: list[tuple[int, int]], out_clean: dict) -> Hooks:
+    """Every head's output at its clean value except the group's, taken from the corrupted run: by freezing z, or,
+    where a post-norm mixes the heads' outputs (OLMo-2), by writing each layer's clean output plus the group's
+    changes of their shares (:meth:`~circuittrack.models.arch.ArchAdapter.head_writes`)."""
+    if arch.post_norm:
+        def attn_out(l: int, x: torch.Tensor) -> torch.Tensor:
+            heads = [gh for gl, gh in group if gl == l]
+            if not heads:
+                return out_clean[l]
+            delta = arch.head_writes(l, z_corr[l], heads) - arch.head_writes(l, z_clean[l], heads)
+            return (out_clean[l].float() + delta.sum(2)).to(out_clean[l].dtype)
+
+        return Hooks(attn_out=attn_out)
+
     def z(l: int, _: torch.Tensor) -> torch.Tensor:
         out = z_clean[l].clone()
         for gl, gh in group:

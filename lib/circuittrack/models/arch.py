@@ -75,6 +75,8 @@ class ArchAdapter(ABC):
     attn_in_path: str | None = None  # module whose first argument is attention's residual input (default ln1)
     mlp_in_path: str | None = None  # ... the MLP branch's residual input (default ln2)
     mlp_out_path: str | None = None  # module whose output is the MLP's residual write (default the MLP)
+    attn_out_path: str | None = None  # module whose output is attention's residual write (default W_O's)
+    post_norm: bool = False  # attention and MLP outputs are normalised before they enter the residual (OLMo-2)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -158,6 +160,10 @@ class ArchAdapter(ABC):
         return self.mlp_out_path or self.mlp_path
 
     @property
+    def attn_out_site(self) -> str:
+        return self.attn_out_path or self.o_path
+
+    @property
     def device(self) -> torch.device:
         return self._final_ln.weight.device
 
@@ -233,6 +239,11 @@ class ArchAdapter(ABC):
             idx = torch.tensor(heads, device=z.device)
             z, w = z.index_select(2, idx), w.index_select(1, idx)
         return torch.einsum("bphe,dhe->bphd", z.float(), w)
+
+    def head_writes_alone(self, layer: int, z: Tensor) -> Tensor:
+        """[B, P, H, d]: what each head would write if it were the only one (a post-norm scales it by its own
+        rms): a head's OV circuit, for the head scores. Without a post-norm this is :meth:`head_writes`."""
+        return self.head_writes(layer, z)
 
     # ----- activation layout -----------------------------------------------------------------------
     def split_qkv(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -429,6 +440,8 @@ class Olmo2Adapter(LlamaAdapter):
     attn_in_path = "self_attn.q_proj"  # its input is the residual
     mlp_in_path = "mlp"
     mlp_out_path = "post_feedforward_layernorm"
+    attn_out_path = "post_attention_layernorm"
+    post_norm = True
 
     def __init__(self, model: nn.Module):
         if getattr(model.config, "attention_bias", False):
@@ -461,6 +474,10 @@ class Olmo2Adapter(LlamaAdapter):
         if heads is not None:
             per_head = per_head[:, :, heads]
         return per_head * (r[..., None, None] * w.float())
+
+    def head_writes_alone(self, layer: int, z: Tensor) -> Tensor:
+        per_head = torch.einsum("bphe,dhe->bphd", z.float(), self.o_weight(layer).float())
+        return self.normalize(per_head, self._ln(self._layers[layer]["post_attn"]), "rmsnorm")
 
 
 ADAPTERS: dict[str, type[ArchAdapter]] = {

@@ -13,6 +13,7 @@ attn_in(l)     layer l's attention LayerNorm input (the residual)    read
 qkv(l, t)      projection output of t in (q, k, v): [B, P, H_t, dh]  read / replace
 qkv_grad(l,t)  dLoss/d(projection output), [B, P, H_t, dh]           (backward) read
 z(l)           head outputs before W_O: [B, P, H, dh]                read / replace
+attn_out(l)    attention's residual write [B, P, d] (after a post-norm) read / replace
 mlp_in(l)      MLP LayerNorm input [B, P, d]                         read / replace
 mlp_in_grad(l) dLoss/d(MLP LayerNorm input) through the MLP only     (backward) read
 mlp_out(l)     MLP output [B, P, d]                                  read / replace
@@ -48,6 +49,7 @@ class Hooks:
     qkv: Callable[[int, int, Tensor], Tensor | None] | None = None
     qkv_grad: Callable[[int, int, Tensor], None] | None = None
     z: Callable[[int, Tensor], Tensor | None] | None = None
+    attn_out: Callable[[int, Tensor], Tensor | None] | None = None
     mlp_in: Callable[[int, Tensor], Tensor | None] | None = None
     mlp_in_grad: Callable[[int, Tensor], None] | None = None
     mlp_out: Callable[[int, Tensor], Tensor | None] | None = None

@@ -59,8 +59,11 @@ def evict(suite: str, model: str, step: int) -> int:
     """Remove a hub checkpoint's snapshot (and the blobs no other revision uses) from the local cache; returns
     the bytes freed (0 if it was not cached). Refused for the toy suite, whose checkpoints are trained here."""
     if suite == "toy":
+        from circuittrack.models.suites import SUITE_NAMES
+
         raise InvalidInput("--evict removes hub checkpoints from the Hugging Face cache; the toy suite's "
-                           "checkpoints are trained here and are kept (valid suites for --evict: pythia, hf)")
+                           "checkpoints are trained here and are kept (valid suites for --evict: "
+                           f"{', '.join(s for s in SUITE_NAMES if s != 'toy')})")
     from huggingface_hub import scan_cache_dir
 
     repo, revision = hub_location(suite, model, step)

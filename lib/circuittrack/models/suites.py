@@ -9,7 +9,10 @@ per step. Three suites exist:
   variants of the smaller ones (``toy-s-seed3``).
 
 A seed variant's :class:`ModelSpec` names its main model (``seed_of``), so results group by size and seed.
-* ``hf``: any Hugging Face causal LM id with revisions the user names (``register_hf_model``).
+* ``hf``: any Hugging Face causal LM id with revisions the user names (``register_hf_model``: steps, for
+  ``step{N}`` revisions, or any revision strings that carry a step number).
+* ``crfm``, ``olmo2``, ``smollm2``, ``amber``: the public checkpoint families of :mod:`circuittrack.models.families`
+  (their own revision names; a checkpoint may be named by its step or its revision).
 
 The named schedules the paper used (``all``, ``sparse``, ``late_start_all``, ``exp_plus_detail``) are here too.
 """
@@ -19,10 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from circuittrack.errors import InvalidInput
+from circuittrack.models import families
 from circuittrack.toy.config import (
     TOY_CONTEXT,
     TOY_EDITION,
-    TOY_MODELS,
+    TOY_ALL_SHAPES,
     TOY_SCHEDULE,
     TOY_SEQ_LEN,
     TOY_TOKENS_PER_STEP,
@@ -85,6 +89,9 @@ class ModelSpec:
     seed_of: str = ""  # a seed variant's main model (pythia-70m for pythia-70m-seed3); "" for a main model
     seed_kind: str = ""  # "seed" (initialisation and data order), "weight-seed" or "data-seed"; "" for seed 0
     seed: int = 0
+    revisions: tuple[str, ...] = ()  # each step's hub revision, where it is not ``step{N}``
+    step_tokens: tuple[int, ...] = ()  # each step's tokens seen, where the revision names them (OLMo-2)
+    open: bool = False  # more step{N} revisions may exist than the named ones (an hf model named on the fly)
 
     @property
     def size(self) -> str:
@@ -97,6 +104,12 @@ class ModelSpec:
 
     def resolve_step(self, step: int | str) -> int:
         """A checkpoint step from an int, ``"final"`` / ``"main"`` or ``"step123"``; error lists choices."""
+        if isinstance(step, str) and self.revisions and step.strip() in self.revisions:
+            return self.steps[self.revisions.index(step.strip())]
+        if isinstance(step, str):
+            added = _hf_revision(self, step.strip())  # an hf model named by another revision string
+            if added is not None:
+                return added
         if isinstance(step, str):
             s = step.strip().lower()
             if s in ("final", "main", "last"):
@@ -106,10 +119,11 @@ class ModelSpec:
                 return self.final_step
             s = s.removeprefix("step")
             if not s.isdigit():
-                raise InvalidInput(f"checkpoint {step!r} of {self.name} is not a step number or 'final'; "
+                named = f", one of its revisions ({self.revisions[0]} .. {self.revisions[-1]})" if self.revisions else ""
+                raise InvalidInput(f"checkpoint {step!r} of {self.name} is not a step number{named} or 'final'; "
                                  f"valid steps: {_fmt_steps(self.steps)}")
             step = int(s)
-        if not self.steps:  # an unregistered hf model: any step{N} revision may exist
+        if not self.steps or self.open:  # an hf model not (fully) registered: any step{N} revision may exist
             if step < 0:
                 raise InvalidInput(f"checkpoint step must be >= 0, got {step}")
             return int(step)
@@ -119,9 +133,16 @@ class ModelSpec:
         return int(step)
 
     def tokens(self, step: int) -> int:
+        if self.step_tokens and step in self.steps and self.step_tokens[self.steps.index(step)]:
+            return self.step_tokens[self.steps.index(step)]
         return step * self.tokens_per_step
 
     def revision(self, step: int) -> str:
+        """The hub revision of checkpoint ``step``."""
+        if self.revisions and step in self.steps:
+            return self.revisions[self.steps.index(step)]
+        if self.revisions and not self.open:
+            raise InvalidInput(f"{self.name} has no checkpoint at step {step}; valid steps: {_fmt_steps(self.steps)}")
         return f"step{step}"
 
     def as_dict(self) -> dict:
@@ -239,7 +260,7 @@ def _pythia_suite() -> Suite:
 def toy_model_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` of a toy model or seed variant (shapes, schedule: :mod:`circuittrack.toy.config`)."""
     variant = parse_variant(name)
-    shape = TOY_MODELS[variant.base]
+    shape = TOY_ALL_SHAPES[variant.base]
     return ModelSpec(name=name, hf_id=name, n_params=shape.n_params(), n_layers=shape.n_layers,
                      n_heads=shape.n_heads, d_model=shape.d_model, d_mlp=shape.d_mlp, vocab_size=TOY_VOCAB_SIZE,
                      steps=TOY_SCHEDULE, tokens_per_step=TOY_TOKENS_PER_STEP, context_length=TOY_CONTEXT,
@@ -252,7 +273,7 @@ def _toy_suite() -> Suite:
     suite = Suite("toy", "Small GPT-NeoX models trained offline by this project (`circuittrack train-toy`), and "
                   "seed variants of the smaller sizes", schedules={"all": TOY_SCHEDULE})
     variants = toy_variant_names()
-    for size in TOY_MODELS:  # each size's seed variants right after it
+    for size in TOY_ALL_SHAPES:  # each size's seed variants right after it (the extra architecture last)
         for name in (size, *(v for v in variants if parse_variant(v).base == size)):
             suite.models[name] = toy_model_spec(name)
     return suite
@@ -261,23 +282,103 @@ def _toy_suite() -> Suite:
 _HF_MODELS: dict[str, ModelSpec] = {}
 
 
-def register_hf_model(hf_id: str, steps: list[int] | tuple[int, ...], *, n_layers: int = 0, n_heads: int = 0,
-                      d_model: int = 0, n_params: int = 0, tokens_per_step: int = 0) -> ModelSpec:
-    """Add a Hugging Face model with the training checkpoints (revisions ``step{N}``) the user names.
+def _hf_revision(spec: ModelSpec, revision: str) -> int | None:
+    """For a model of the ``hf`` suite named by a revision string that carries a step (``checkpoint-500``; not
+    ``step{N}``, which needs no name), register that revision beside the model's others and return its step;
+    None for anything else (other suites, ``final``, plain step numbers, names without a step)."""
+    if spec.name not in _HF_MODELS and (spec.steps or spec.n_layers) or "/" not in spec.hf_id:
+        return None
+    plain = revision.lower().removeprefix("step")
+    if plain.isdigit() or revision.lower() in ("final", "main", "last"):
+        return None
+    try:
+        step, _ = families.parse_revision("hf", revision)
+    except InvalidInput:
+        return None
+    spec = _HF_MODELS.get(spec.hf_id, spec)  # the registration as it is now (a grid names several revisions)
+    known = dict(zip(spec.steps, spec.revisions or [f"step{s}" for s in spec.steps]))
+    if known.get(step, revision) != revision:
+        raise InvalidInput(f"{spec.name}: revision {revision!r} and {known[step]!r} both name step {step}")
+    known[step] = revision
+    open_ = spec.open or not spec.steps  # named on the fly: its other step{N} revisions stay reachable
+    register_hf_model(spec.hf_id, revisions=list(known.values()), open=open_)
+    return step
+
+
+def register_hf_model(hf_id: str, steps: list[int] | tuple[int, ...] = (), *, revisions: list[str] | tuple[str, ...] = (),
+                      n_layers: int = 0, n_heads: int = 0, d_model: int = 0, n_params: int = 0,
+                      tokens_per_step: int = 0, open: bool = False) -> ModelSpec:
+    """Add a Hugging Face model with the training checkpoints the user names: ``steps`` (revisions ``step{N}``)
+    or ``revisions``, any revision strings that carry their step number (``stage1-step1000-tokens4B``,
+    ``checkpoint-500``, ``step-2000``, ``ckpt_007``; a token count ``tokens{M}B`` in the name is read too).
 
     Use it for the Pythia seed and dropout variants (``EleutherAI/pythia-160m-weight-seed1``) or another
     family's checkpoints. Shape numbers are optional (``circuittrack info`` reads them from the loaded config).
+    ``open``: other ``step{N}`` revisions may be named too (the named ones are not all there are).
     """
-    if not steps:
-        raise InvalidInput(f"register_hf_model({hf_id!r}) needs at least one checkpoint step")
+    if bool(steps) == bool(revisions):
+        raise InvalidInput(f"register_hf_model({hf_id!r}) needs checkpoint steps or revision names (one of them)")
+    names: tuple[str, ...] = ()
+    tokens: tuple[int, ...] = ()
+    if revisions:
+        parsed = sorted((*families.parse_revision("hf", r), r) for r in revisions)
+        steps = [p[0] for p in parsed]
+        if len(set(steps)) != len(steps):
+            raise InvalidInput(f"register_hf_model({hf_id!r}): two revisions name the same step")
+        names = tuple(p[2] for p in parsed)
+        olmo = [families.parse_revision("olmo2", r)[1] if "tokens" in r else None for r in names]
+        tokens = tuple(t or 0 for t in olmo) if any(olmo) else ()
     spec = ModelSpec(name=hf_id, hf_id=hf_id, n_params=n_params, n_layers=n_layers, n_heads=n_heads,
                      d_model=d_model, steps=tuple(sorted(set(int(s) for s in steps))),
-                     tokens_per_step=tokens_per_step)
+                     tokens_per_step=tokens_per_step, revisions=names, step_tokens=tokens, open=open)
     _HF_MODELS[hf_id] = spec
     return spec
 
 
-SUITE_NAMES = ("pythia", "toy", "hf")
+def _crfm_suite() -> Suite:
+    f = families
+    suite = Suite("crfm", "Stanford CRFM's GPT-2 small and medium runs, five seeds each, 609 checkpoints "
+                  "(revisions checkpoint-{step})", schedules={"all": f.CRFM_STEPS,
+                                                            "sparse": tuple(s for s in f.CRFM_STEPS if s % 10000 == 0
+                                                                            or s in (10, 100, 1000, 5000))})
+    mains: dict[str, str] = {}
+    for size, run, seed in f.CRFM_RUNS:
+        layers, d, heads, params = f.CRFM_SHAPES[size]
+        name = f"{run}-gpt2-{size}-x{seed}"
+        main = mains.setdefault(size, name)
+        suite.models[name] = ModelSpec(
+            name=name, hf_id=f"stanford-crfm/{name}", n_params=params, n_layers=layers, n_heads=heads, d_model=d,
+            d_mlp=4 * d, vocab_size=50257, steps=f.CRFM_STEPS, tokens_per_step=f.CRFM_TOKENS_PER_STEP,
+            context_length=1024, train_seq_len=1024, seed_of="" if main == name else main,
+            seed_kind="" if main == name else "seed", seed=0 if main == name else seed,
+            revisions=tuple(f.crfm_revision(s) for s in f.CRFM_STEPS))
+    return suite
+
+
+def _listed_suite(name: str, description: str, models: dict, family: str) -> Suite:
+    """A suite whose checkpoints come from shipped revision lists (OLMo-2, SmolLM2)."""
+    suite = Suite(name, description)
+    for model, (hf_id, layers, d, heads, kv, params, per_step, file) in models.items():
+        steps, revisions, tokens = families.read_revisions(file, family)
+        suite.models[model] = ModelSpec(
+            name=model, hf_id=hf_id, n_params=params, n_layers=layers, n_heads=heads, d_model=d, steps=steps,
+            tokens_per_step=per_step, context_length=4096, revisions=revisions,
+            step_tokens=tokens if any(tokens) else ())
+    suite.schedules["all"] = next(iter(suite.models.values())).steps
+    return suite
+
+
+def _amber_suite() -> Suite:
+    f = families
+    steps = tuple(range(f.AMBER_CHECKPOINTS))
+    spec = ModelSpec(name="amber", hf_id="LLM360/Amber", n_params=6_738_415_616, n_layers=32, n_heads=32,
+                     d_model=4096, d_mlp=11008, vocab_size=32000, steps=steps,
+                     tokens_per_step=f.AMBER_TOKENS_PER_CHECKPOINT, revisions=tuple(f.amber_revision(s) for s in steps))
+    return Suite("amber", "LLM360 Amber (Llama 7B), 360 checkpoints ckpt_000 .. ckpt_359 (a step is a checkpoint's "
+                 "index)", models={"amber": spec}, schedules={"all": steps, "sparse": steps[::20] + (359,)})
+
+
+SUITE_NAMES = ("pythia", "toy", "hf", "crfm", "olmo2", "smollm2", "amber")
 
 
 def get_suite(name: str) -> Suite:
@@ -289,6 +390,16 @@ def get_suite(name: str) -> Suite:
     if name == "hf":
         return Suite("hf", "Any Hugging Face causal LM with user-given revisions (register_hf_model)",
                      models=dict(_HF_MODELS))
+    if name == "crfm":
+        return _crfm_suite()
+    if name == "olmo2":
+        return _listed_suite("olmo2", "OLMo-2 1B and 7B stage-1 checkpoints (revisions stage1-step{N}-tokens{M}B; "
+                             "the list ships as data)", families.OLMO2_MODELS, "olmo2")
+    if name == "smollm2":
+        return _listed_suite("smollm2", "SmolLM2 360M and 1.7B intermediate checkpoints (revisions step-{N}; the "
+                             "list ships as data)", families.SMOLLM2_MODELS, "smollm2")
+    if name == "amber":
+        return _amber_suite()
     raise InvalidInput(f"unknown suite {name!r}; valid suites: {', '.join(SUITE_NAMES)}")
 
 

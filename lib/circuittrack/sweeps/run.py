@@ -93,9 +93,12 @@ def check_evict(grid: Grid, evict: bool) -> None:
     if evict and grid.suite == "toy":
         from circuittrack.errors import InvalidInput
 
+        from circuittrack.models.suites import SUITE_NAMES
+
+        hub = ", ".join(s for s in SUITE_NAMES if s != "toy")
         raise InvalidInput(f"{grid.path}: --evict removes hub checkpoints from the Hugging Face cache; this grid's "
-                           "suite is toy, whose checkpoints are trained here and kept (valid suites for --evict: "
-                           "pythia, hf)")
+                           f"suite is toy, whose checkpoints are trained here and kept (valid suites for --evict: "
+                           f"{hub})")
 
 
 def run_grid(grid: Grid, store: Store, jobs: int = 1, progress: bool = True, executor: str = "local",

@@ -29,16 +29,33 @@ class ToyShape:
     d_model: int
     n_heads: int
     lr: float = 3e-3  # peak learning rate; smaller models take larger rates, as in Pythia
+    arch: str = "gpt_neox"  # or "llama": RMSNorm, grouped-query attention, gated SiLU MLP, no biases
+    n_kv_heads: int = 0  # key/value heads (llama; 0: one per query head)
 
     @property
     def d_mlp(self) -> int:
+        """4d (GPT-NeoX); a gated MLP gets 8d/3 rounded up to a multiple of 16, for about the same parameters."""
+        if self.arch == "llama":
+            return -(-8 * self.d_model // 3 // 16) * 16
         return 4 * self.d_model
 
     def n_params(self, vocab: int = TOY_VOCAB_SIZE) -> int:
-        """Exact parameter count of the GPT-NeoX model built by :func:`circuittrack.toy.train.build_model`."""
+        """Exact parameter count of the model built by :func:`circuittrack.toy.train.build_model`."""
         d, f = self.d_model, self.d_mlp
+        if self.arch == "llama":
+            kv = (self.n_kv_heads or self.n_heads) * (d // self.n_heads)
+            per_layer = 2 * d + d * d + 2 * d * kv + d * d + 3 * d * f
+            return 2 * vocab * d + self.n_layers * per_layer + d
         per_layer = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)
         return 2 * vocab * d + self.n_layers * per_layer + 2 * d
+
+    def record(self) -> dict:
+        """The shape as a manifest records it (the architecture fields only where they are not GPT-NeoX's
+        defaults, so manifests written before they existed still match)."""
+        d = {"n_layers": self.n_layers, "d_model": self.d_model, "n_heads": self.n_heads, "lr": self.lr}
+        if self.arch != "gpt_neox" or self.n_kv_heads:
+            d.update(arch=self.arch, n_kv_heads=self.n_kv_heads)
+        return d
 
     def n_nonembedding_params(self) -> int:
         return self.n_params(0)
@@ -50,6 +67,12 @@ TOY_MODELS: dict[str, ToyShape] = {
     "toy-m": ToyShape(n_layers=3, d_model=96, n_heads=6, lr=4e-3),
     "toy-l": ToyShape(n_layers=4, d_model=128, n_heads=8, lr=3e-3),
 }
+#: Sizes of a second architecture, in the suite but trained only on request (``circuittrack train-toy --models
+#: toy-llama-m``; ``make book PROFILE=families``): toy-m's shape as a Llama (6 query heads, 2 key/value heads).
+TOY_EXTRA_MODELS: dict[str, ToyShape] = {
+    "toy-llama-m": ToyShape(n_layers=3, d_model=96, n_heads=6, lr=4e-3, arch="llama", n_kv_heads=2),
+}
+TOY_ALL_SHAPES: dict[str, ToyShape] = {**TOY_MODELS, **TOY_EXTRA_MODELS}
 
 
 

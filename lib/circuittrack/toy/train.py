@@ -63,7 +63,19 @@ class TrainSettings:
 
 
 def build_model(shape: C.ToyShape, vocab_size: int, rotary_pct: float = 0.5, seed: int = 0) -> GPTNeoXForCausalLM:
-    """A freshly initialised GPT-NeoX (rotary, parallel attention + MLP, untied unembedding, like Pythia)."""
+    """A freshly initialised GPT-NeoX (rotary, parallel attention + MLP, untied unembedding, like Pythia), or for
+    ``shape.arch == "llama"`` a Llama (RMSNorm, grouped-query attention, gated SiLU MLP, rotary on every channel)."""
+    if shape.arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=shape.d_model, num_hidden_layers=shape.n_layers,
+            num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_kv_heads or shape.n_heads,
+            intermediate_size=shape.d_mlp, hidden_act="silu", max_position_embeddings=C.TOY_CONTEXT,
+            rope_theta=10000.0, rms_norm_eps=1e-5, initializer_range=0.02, tie_word_embeddings=False,
+            attention_bias=False, mlp_bias=False, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg)
     cfg = GPTNeoXConfig(
         vocab_size=vocab_size, hidden_size=shape.d_model, num_hidden_layers=shape.n_layers,
         num_attention_heads=shape.n_heads, intermediate_size=shape.d_mlp, hidden_act="gelu",
@@ -73,6 +85,13 @@ def build_model(shape: C.ToyShape, vocab_size: int, rotary_pct: float = 0.5, see
     )
     torch.manual_seed(seed)
     return GPTNeoXForCausalLM(cfg)
+
+
+def hf_lm_loss(model, tokens: torch.Tensor, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean next-token cross-entropy through the Hugging Face forward (the second architecture's trainer; the
+    GPT-NeoX sizes use the faster :func:`~circuittrack.toy.step.lm_loss`)."""
+    with torch.autocast(tokens.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+        return model(input_ids=tokens, labels=tokens, use_cache=False).loss.float()
 
 
 def evaluation_prompts(tokenizer: PreTrainedTokenizerFast) -> Heldout:
@@ -206,7 +225,8 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
     for step in range(settings.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, peak, settings)
-        loss = lm_loss(model, batches[step], compute_dtype)
+        loss = lm_loss(model, batches[step], compute_dtype) if shape.arch == "gpt_neox" else \
+            hf_lm_loss(model, batches[step], compute_dtype)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -218,7 +238,7 @@ def train_model(name: str, shape: C.ToyShape, data: ToyData, settings: TrainSett
             save(step + 1)
     bar.close()
     manifest = {
-        "model": name, "shape": asdict(shape), "n_params": shape.n_params(settings.vocab_size),
+        "model": name, "shape": shape.record(), "n_params": shape.n_params(settings.vocab_size),
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "heldout_loss": {str(k): v for k, v in sorted(losses.items())},
         "train_seconds": round(time.time() - t0, 2), "complete": True,
@@ -238,7 +258,7 @@ def is_trained(out_dir: Path, settings: TrainSettings, shape: C.ToyShape | None 
         return False
     m = json.loads(f.read_text())
     want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
-    same_shape = shape is None or m.get("shape") == asdict(shape)
+    same_shape = shape is None or m.get("shape") == shape.record()
     same_seeds = m.get("variant") == variant_record(C.parse_variant(out_dir.name))
     return m.get("complete") is True and m.get("settings") == want and same_shape and same_seeds
 
@@ -249,14 +269,14 @@ def untrained_models(models: Iterable[str], settings: TrainSettings | None = Non
     yet with ``settings``."""
     settings = settings or TrainSettings()
     suite_dir = Path(suite_dir) if suite_dir else paths.toy_suite_dir()
-    return [m for m in models if not is_trained(suite_dir / m, settings, model_shape(m, shapes or C.TOY_MODELS))]
+    return [m for m in models if not is_trained(suite_dir / m, settings, model_shape(m, shapes or C.TOY_ALL_SHAPES))]
 
 
 def trainable_models(shapes: dict[str, C.ToyShape] | None = None) -> list[str]:
     """The names :func:`train_suite` accepts: the sizes and the registered seed variants (with custom ``shapes``,
     any ``<size>-seed{k}``, ``-weight-seed{k}`` or ``-data-seed{k}`` of them)."""
     if shapes is None:
-        return [*C.TOY_MODELS, *C.toy_variant_names()]
+        return [*C.TOY_MODELS, *C.TOY_EXTRA_MODELS, *C.toy_variant_names()]
     return list(shapes)
 
 
@@ -275,8 +295,8 @@ def train_suite(models: Iterable[str] | None = None, *, force: bool = False, set
     settings = settings or TrainSettings()
     suite_dir = Path(suite_dir) if suite_dir else paths.toy_suite_dir()
     valid = trainable_models(shapes)
-    base_shapes = shapes or C.TOY_MODELS
-    names = list(models) if models is not None else list(base_shapes)
+    base_shapes = shapes or C.TOY_ALL_SHAPES
+    names = list(models) if models is not None else list(shapes or C.TOY_MODELS)  # extra sizes: on request
     unknown = [n for n in names if n not in valid and (shapes is None or model_shape(n, base_shapes) is None)]
     if unknown:
         raise InvalidInput(f"unknown toy model(s) {', '.join(unknown)}; valid: {', '.join(valid)}")

@@ -75,6 +75,11 @@ class NNsightRunner(Runner):
                     new = h.z(l, x.view(*x.shape[:-1], a.n_heads, a.d_head))
                     if new is not None:
                         mod.input = new.flatten(-2)
+                if h.attn_out is not None:
+                    mod = get_path(layer, a.attn_out_site)
+                    new = h.attn_out(l, mod.output)
+                    if new is not None:
+                        mod.output = new
                 if h.mlp_in is not None or h.mlp_in_grad is not None:
                     mod = get_path(layer, a.mlp_in_site)
                     x = mod.input

@@ -51,6 +51,8 @@ class TorchRunner(Runner):
                         post(get_path(layer, path), partial(self._qkv, h, l, ts))
                 if h.z is not None:
                     pre(get_path(layer, a.o_path), partial(self._z, h, l))
+                if h.attn_out is not None:
+                    post(get_path(layer, a.attn_out_site), lambda m, args, out, l=l: h.attn_out(l, out))
                 if h.mlp_in is not None or h.mlp_in_grad is not None:
                     pre(get_path(layer, a.mlp_in_site), partial(self._mlp_in, h, l))
                 if h.mlp_out is not None:

@@ -114,6 +114,9 @@ class TransformerLensRunner(Runner):
     def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None) -> Tensor:
         h = hooks or Hooks()
         fwd = []
+        if h.attn_out is not None:
+            raise InvalidInput("the transformer_lens backend has no attn_out site (it is for post-norm models, which "
+                               "it does not run); use backend='torch'")
         if h.resid0 is not None:
             fwd.append(("blocks.0.hook_in", lambda x, hook: h.resid0(x)))
         for l in range(self.arch.n_layers):
