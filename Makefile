@@ -47,8 +47,8 @@ test: venv
 test-fast: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
-## notebooks: execute every notebook with papermill into book/executed/ (PROFILE=toy|seeds|smoke|paper|polypythias,
-##            families, JOBS=2); each notebook computes what it shows through the sweep (results in data/results/), then
+## notebooks: execute every notebook with papermill into book/executed/ (PROFILE=toy|seeds|smoke|pythia-quick|paper|
+##            polypythias|families, JOBS=2); each notebook computes what it shows through the sweep (results in data/results/), then
 ##            draws it; PROFILE=seeds adds chapter 6 (seed variants), PROFILE=families chapter 8 (toy-m and its
 ##            Llama twin toy-llama-m, the claims side by side)
 JOBS ?= 2

@@ -13,6 +13,9 @@ Baselines (same examples, same batch size):
 * ``fwd+bwd (activations only)``: parameters frozen, gradient w.r.t. the input embeddings only, logits at the
   answer positions only: the least a gradient pass can cost, i.e. the floor for one EAP-IG step.
 
+The IG methods stack their m interpolation points along the batch (``ig_batch="auto"``); a last row runs them one
+pass per point (``ig_batch=1``, the kernel before stacking) in the same run, for the ratio between the two.
+
 ``--shape olmo2-1b`` or ``llama-gqa-1b`` benchmarks a random model with that graph at hidden 256 (see
 bench_circuits.py; the transformer_lens backend does not run them).
 
@@ -169,7 +172,8 @@ def worker(spec: dict) -> dict:
             for p in model.parameters():
                 p.requires_grad_(True)
         else:
-            attribute(runner, None, data, spec["method"], ig_steps=spec["ig_steps"], batch_size=bs, progress=False)
+            attribute(runner, None, data, spec["method"], ig_steps=spec["ig_steps"], batch_size=bs, progress=False,
+                      ig_batch=spec.get("ig_batch", "auto"))
 
     _sync(dev)
     if dev.startswith("cuda"):
@@ -231,6 +235,9 @@ def main(argv=None) -> None:
     cases = [("fwd+bwd (HF default)", dict(base, case="fwd_bwd_default")),
              ("fwd+bwd (activations only)", dict(base, case="fwd_bwd_activations"))]
     cases += [(f"{args.method} m={args.ig_steps} [{b}]", dict(base, case="attribute", backend=b)) for b in backends]
+    if args.method.startswith("eap-ig") and "torch" in backends:  # the one-pass-per-point kernel, side by side
+        cases.append((f"{args.method} m={args.ig_steps} [torch, 1 point/pass]",
+                      dict(base, case="attribute", backend="torch", ig_batch=1)))
     rows = []
     for name, spec in cases:
         out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,

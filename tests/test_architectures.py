@@ -424,3 +424,26 @@ def test_successor_head_logits_follow_the_modules_literally(kind):
                         o = o * torch.rsqrt(o.pow(2).mean() + n.variance_epsilon) * n.weight
                 assert torch.allclose(biased[l, h, i], W_U @ o_biased, atol=1e-5)
                 assert torch.allclose(paper[l, h, i], W_U @ o, atol=1e-5)
+
+
+def test_ig_activations_with_one_step_is_eap(arch_model):
+    """With m = 1 the one interpolation point of every group is its clean activation, so EAP-IG over activations
+    is EAP, which the literal model checks above: on every architecture, stacked or not."""
+    kind, model = arch_model
+    data = make_task(n=4)
+    eap = attribute(model, None, data, method="eap", progress=False)
+    for k in (1, "auto"):
+        ig = attribute(model, None, data, method="eap-ig-activations", ig_steps=1, ig_batch=k, progress=False)
+        assert rel(ig, eap) < 2e-5
+    two = attribute(model, None, data, method="eap-ig-activations", ig_steps=3, ig_batch=1, progress=False)
+    assert rel(attribute(model, None, data, method="eap-ig-activations", ig_steps=3, progress=False), two) < 1e-6
+
+
+def test_cspa_refuses_post_norm_models_and_runs_on_grouped_ones():
+    from circuittrack.components.cspa import cspa_scores
+
+    tokens = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InvalidInput, match="not defined here for olmo2"):
+        cspa_scores(make_arch("olmo2"), tokens)
+    df = cspa_scores(make_arch("llama"), tokens, k_unembeddings=1.0)
+    assert len(df) == 8 and df["kl_mean_ablation"].notna().all()

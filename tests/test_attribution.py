@@ -407,3 +407,35 @@ def test_bad_inputs_fail_fast(neox_parallel):
     bad = make_task(vocab=100, seed=1)
     with pytest.raises(ValueError, match="token ids"):
         attribute(runner, None, bad)
+
+
+@pytest.mark.parametrize("method", ["eap-ig-inputs", "eap-ig-activations"])
+@pytest.mark.parametrize("model_name", ["neox_parallel", "neox_sequential", "gpt2_model"])
+def test_stacked_interpolation_points_give_the_one_pass_per_point_scores(request, model_name, method):
+    """EAP-IG with its m points stacked along the batch (all at once, or 2 per pass with a remainder) equals one
+    pass per point to 1e-6 relative."""
+    model = request.getfixturevalue(model_name)
+    data = make_task(n=5, seed=4)
+    one = attribute(model, None, data, method=method, ig_steps=5, ig_batch=1, progress=False)
+    for k in ("auto", 2):
+        stacked = attribute(model, None, data, method=method, ig_steps=5, ig_batch=k, progress=False)
+        assert rel_err(stacked, one) < 1e-6, k
+
+
+def test_stacked_points_halve_on_out_of_memory(neox_parallel, monkeypatch, capsys):
+    from circuittrack.models.runners import get_runner
+
+    data = make_task(n=4, seed=2)
+    runner = get_runner("torch", copy.deepcopy(neox_parallel))
+    want = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=4, ig_batch=1, progress=False)
+    forward = runner.forward
+
+    def short(ids, hooks=None, positions=None):  # at most 8 rows per pass
+        if ids.shape[0] > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(ids, hooks, positions)
+
+    monkeypatch.setattr(runner, "forward", short)
+    got = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=4, batch_size=4, progress=False)
+    assert rel_err(got, want) < 1e-6
+    assert "4 interpolation points per pass; retrying with 4 x 2" in capsys.readouterr().err

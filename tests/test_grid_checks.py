@@ -262,3 +262,25 @@ def test_a_missing_or_unreadable_kind_of_cspa_text_is_refused_at_load(tmp_path):
     write(tmp_path, "text", "owt.csv")
     refused(write(tmp_path, HEADS % ", cspa_text: owt.csv", "csv.yaml"),
             "cspa_text: 'owt.csv' is not a local .txt/.jsonl file")
+
+
+def test_a_grid_may_ask_for_eviction_and_the_quick_pythia_grid_does(tmp_path, capsys):
+    """`evict: true` in a grid makes every sweep of it evict (dry run: the disk for two checkpoints at a time),
+    is refused for the toy suite, and must be a boolean; grids/pythia-quick.yaml uses it."""
+    import json
+
+    quick = load_grid(REPO / "grids" / "pythia-quick.yaml")
+    assert quick.evict and quick.narrowed(models=["pythia-70m"]).evict
+    assert sorted({u.model for u in quick.units}) == ["pythia-160m", "pythia-410m", "pythia-70m"]
+    assert main(["sweep", "--grid", str(REPO / "grids" / "pythia-quick.yaml"), "--dry-run", "--json",
+                 "--store", str(tmp_path / "s")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["to_download"] == 84 and plan["disk_gb"] == plan["disk_gb_evict"] < plan["disk_gb_keep"] / 10
+    assert plan["command"].endswith("--evict") and plan["estimate_hours"] < 1.5
+    bad = tmp_path / "g.yaml"
+    bad.write_text(GOOD + "evict: true\n")
+    with pytest.raises(InvalidInput, match="true only for hub suites"):
+        load_grid(bad)
+    bad.write_text(GOOD.replace("suite: toy", "suite: pythia").replace("toy-s", "pythia-70m") + "evict: yes please\n")
+    with pytest.raises(InvalidInput, match="must be true or false"):
+        load_grid(bad)

@@ -311,6 +311,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--bandwidth must be a positive number of MB/s, got {args.bandwidth}")
     check_executor(args.executor)
     grid, store = _grid_and_store(args, writable=not args.dry_run)
+    args.evict = args.evict or grid.evict  # a grid may ask for it (evict: true)
     check_evict(grid, args.evict)
     if args.dry_run:
         payload = plan(grid, store, jobs=args.jobs, bandwidth_mb_s=args.bandwidth, evict=args.evict,
@@ -600,7 +601,8 @@ def _register_notebook_command(add: Callable) -> None:
     sp = add("notebooks", cmd_notebooks, "execute every notebook with a profile's parameters into book/executed/")
     sp.add_argument("--profile", default="toy",
                     help="toy (default: the toy suite), seeds (toy plus its seed variants and the seeds chapter), "
-                    "smoke (what the tests run), paper (Pythia, GPU) or polypythias (paper plus PolyPythias seeds)")
+                    "smoke (what the tests run), pythia-quick (Pythia 70m-410m, about a GPU hour), paper (Pythia, "
+                    "GPU), polypythias (paper plus PolyPythias seeds) or families (toy-m and toy-llama-m)")
     sp.add_argument("--jobs", type=int, default=1, help="worker processes for the sweeps the notebooks run")
     sp.add_argument("--only", nargs="+", default=None, help="only these notebooks (names, e.g. 01_task_behaviour)")
     sp.add_argument("--out", default=None, help="folder for the executed notebooks (default: book/executed)")

@@ -23,7 +23,8 @@ from circuittrack import paths
 from circuittrack.errors import InvalidInput, choices
 
 PROFILES = {"toy": "grids/toy.yaml", "seeds": "grids/toy.yaml", "smoke": "grids/smoke.yaml",
-            "paper": "grids/paper.yaml", "polypythias": "grids/paper.yaml", "families": "grids/families.yaml"}
+            "paper": "grids/paper.yaml", "polypythias": "grids/paper.yaml", "families": "grids/families.yaml",
+            "pythia-quick": "grids/pythia-quick.yaml"}
 #: The seed-variant grid of the profiles that run the seeds chapter.
 SEEDS_GRIDS = {"seeds": "grids/seeds.yaml", "smoke": "grids/smoke-seeds.yaml", "polypythias": "grids/polypythias.yaml"}
 #: Chapters that need a seeds grid (left out of profiles without one).

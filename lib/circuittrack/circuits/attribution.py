@@ -59,7 +59,7 @@ from torch import Tensor
 from circuittrack.circuits.exact import exact_scores
 from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.memory import check_size, oom_retry, plan_attribution
-from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, source_hooks
+from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, repeat_data, source_hooks
 from circuittrack import options
 from circuittrack.errors import InvalidInput, choices
 from circuittrack.models.hooks import Hooks, merge_hooks
@@ -73,7 +73,7 @@ METHODS = options.METHODS
 def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-inputs", ig_steps: int = 30,
               batch_size: int | str = "auto", backend: str = DEFAULT_BACKEND,
               device: torch.device | str | None = None, dtype: torch.dtype | None = None, progress: bool = True,
-              edge_batch: int | None = None) -> Tensor:
+              edge_batch: int | None = None, ig_batch: int | str = "auto") -> Tensor:
     """Edge scores [n_src, n_dst] (float32, CPU; zero where ``graph.edge_mask`` is False).
 
     ``model``: a HF causal LM, a ``TransformerBridge``, an nnsight model or a
@@ -84,6 +84,9 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
     ``batch_size``: examples per batch, or ``"auto"`` (32, less when memory is short; see
     :mod:`circuittrack.circuits.memory`); on out-of-memory it is halved and the call retried.
     ``edge_batch``: single-edge patches per forward (``exact``; see :func:`circuittrack.circuits.exact.exact_scores`).
+    ``ig_batch``: interpolation points stacked along the batch in one pass (the IG methods): ``"auto"`` takes all
+    m, or fewer where memory asks for it (halved first on out-of-memory); 1 runs them one pass each. Scores are the
+    same either way (to float rounding: 1e-6 relative).
 
     Memory per batch: one forward/backward's activations (parameters frozen, answer-position logits only)
     plus 4 * B * P * d * (n_src + 4 L + 1) bytes of float32 state (AD and the gradient accumulators).
@@ -93,25 +96,27 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
         raise InvalidInput(f"ig_steps must be a positive int, got {ig_steps!r}")
     check_size("batch_size", batch_size)
+    check_size("ig_batch", ig_batch)
     runner = get_runner(backend, model, device=device, dtype=dtype)
     graph = check_inputs(runner, graph, data)
     if method == "exact":
         size = 32 if batch_size == "auto" else batch_size
         return exact_scores(runner, graph, data, batch_size=size, edge_batch=edge_batch, progress=progress)
-    plan = plan_attribution(runner, graph, data, batch_size)
-    return oom_retry(lambda b: _attribute(runner, graph, data, method, ig_steps, b.examples, progress), plan,
-                     f"{method} attribution", runner.device)
+    steps = ig_steps if method.startswith("eap-ig") else 1
+    plan = plan_attribution(runner, graph, data, batch_size, steps, ig_batch)
+    return oom_retry(lambda b: _attribute(runner, graph, data, method, ig_steps, b.examples, progress, b.circuits),
+                     plan, f"{method} attribution", runner.device, second="interpolation point")
 
 
 def _attribute(runner: Runner, graph: Graph, data: TaskData, method: str, m: int, batch_size: int,
-               progress: bool) -> Tensor:
+               progress: bool, steps_per_pass: int = 1) -> Tensor:
     n = len(data)
     dev = runner.device
     scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
     bar = progress_bar(progress, math.ceil(n / batch_size), f"{method} ({runner.backend})", unit="batch")
     with runner.session():
         for batch in device_batches(data, batch_size, dev):
-            _BATCH_METHODS[method](runner, graph, batch, n, m, scores)
+            _BATCH_METHODS[method](runner, graph, batch, n, m, scores, steps_per_pass)
             bar.update(1)
     bar.close()
     return (scores * graph.edge_mask.to(dev)).cpu()
@@ -119,7 +124,7 @@ def _attribute(runner: Runner, graph: Graph, data: TaskData, method: str, m: int
 
 # ----- per-batch methods ------------------------------------------------------------------------------
 
-def _eap(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
+def _eap(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor, S: int = 1) -> None:
     acc = _EdgeGrads(runner, graph, batch)
     with runner.session(), torch.no_grad():
         runner.forward(batch.corrupted, source_hooks(runner, graph, acc.AD, +1.0), batch.answer_pos)
@@ -127,7 +132,7 @@ def _eap(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: 
     acc.contract(scores, scale=1.0)
 
 
-def _ig_inputs(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
+def _ig_inputs(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor, S: int = 1) -> None:
     acc = _EdgeGrads(runner, graph, batch)
     emb: dict[str, Tensor] = {}
 
@@ -139,17 +144,29 @@ def _ig_inputs(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, sc
     with runner.session(), torch.no_grad():
         runner.forward(batch.clean, merge_hooks(source_hooks(runner, graph, acc.AD, -1.0),
                                                 Hooks(resid0=keep("clean"))), batch.answer_pos)
-    # t = 1: the corrupted tokens themselves (also records the corrupted sources, completing AD)
-    acc.grad_pass(batch, batch.corrupted, n, record_sign=+1.0, extra=Hooks(resid0=keep("corrupted")))
+        if S > 1:  # the corrupted sources, recorded apart: the gradient passes below stack their points
+            runner.forward(batch.corrupted, merge_hooks(source_hooks(runner, graph, acc.AD, +1.0),
+                                                        Hooks(resid0=keep("corrupted"))), batch.answer_pos)
+    if S == 1:
+        # t = 1: the corrupted tokens themselves (also records the corrupted sources, completing AD)
+        acc.grad_pass(batch, batch.corrupted, n, record_sign=+1.0, extra=Hooks(resid0=keep("corrupted")))
     e_clean = f32(emb["clean"])
     diff = f32(emb["corrupted"]) - e_clean
-    for k in range(1, m):
-        point = (e_clean + (k / m) * diff).to(emb["clean"].dtype)
-        acc.grad_pass(batch, batch.clean, n, replace_resid0=point)
+
+    def point(k: int) -> Tensor:  # k = m is the corrupted embedding itself
+        return emb["corrupted"] if k == m else (e_clean + (k / m) * diff).to(emb["clean"].dtype)
+
+    ks = list(range(1, m)) if S == 1 else list(range(1, m + 1))
+    for i in range(0, len(ks), S):
+        chunk = ks[i:i + S]
+        stacked = torch.cat([point(k) for k in chunk]) if len(chunk) > 1 else point(chunk[0])
+        ids = batch.clean.repeat(len(chunk), 1)
+        acc.grad_pass(batch, ids, n, replace_resid0=stacked, points=len(chunk))
     acc.contract(scores, scale=1.0 / m)
 
 
-def _clean_corrupted(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
+def _clean_corrupted(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor,
+                     S: int = 1) -> None:
     acc = _EdgeGrads(runner, graph, batch)
     with runner.session(), torch.no_grad():
         runner.forward(batch.clean, source_hooks(runner, graph, acc.AD, -1.0), batch.answer_pos)
@@ -158,7 +175,8 @@ def _clean_corrupted(runner: Runner, graph: Graph, batch: TaskData, n: int, m: i
     acc.contract(scores, scale=0.5)
 
 
-def _ig_activations(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor) -> None:
+def _ig_activations(runner: Runner, graph: Graph, batch: TaskData, n: int, m: int, scores: Tensor,
+                    S: int = 1) -> None:
     a = runner.arch
     acc = _EdgeGrads(runner, graph, batch)
     acts: dict[str, dict] = {"clean": {}, "corrupted": {}}
@@ -180,15 +198,17 @@ def _ig_activations(runner: Runner, graph: Graph, batch: TaskData, n: int, m: in
     for key, rows in groups:
         clean, corr = f32(acts["clean"][key]), f32(acts["corrupted"][key])
         acc.reset()
-        for k in range(1, m + 1):
-            point = (corr + (k / m) * (clean - corr)).to(acts["clean"][key].dtype).requires_grad_()
+        for k0 in range(1, m + 1, S):
+            ks = range(k0, min(k0 + S, m + 1))
+            point = torch.cat([(corr + (k / m) * (clean - corr)) for k in ks]).to(acts["clean"][key].dtype)
+            point.requires_grad_()
             if key == "input":
                 site = Hooks(resid0=lambda x, p=point: p)
             elif key[0] == "attn":
                 site = Hooks(z=lambda l, x, p=point, g=key[1]: p if l == g else None)
             else:
                 site = Hooks(mlp_out=lambda l, x, p=point, g=key[1]: p if l == g else None)
-            acc.grad_pass(batch, batch.clean, n, extra=site, leaf=point)
+            acc.grad_pass(batch, batch.clean.repeat(len(ks), 1), n, extra=site, leaf=point, points=len(ks))
         acc.contract(scores, scale=1.0 / m, rows=rows)
 
 
@@ -211,6 +231,7 @@ class _EdgeGrads:
         B, P = batch.clean.shape
         L, dh, d = a.n_layers, a.d_head, a.d_model
         self.B, self.P = B, P
+        self.S = 1  # interpolation points stacked along the batch in the current pass
         self.norm = a.norm
         self.widths = [a.heads(t) for t in range(3)]
         self.offsets = [0, self.widths[0], self.widths[0] + self.widths[1]]
@@ -241,7 +262,12 @@ class _EdgeGrads:
         self.mu: list[Tensor | None] = [None] * a.n_layers
         self.r: list[Tensor | None] = [None] * a.n_layers
         self.us: list[list[Tensor | None]] = [[None] * 3 for _ in range(a.n_layers)]
-        self.c = torch.zeros(a.n_layers, self.B, self.P, sum(self.widths), dtype=torch.float32, device=self.AD.device)
+        self.c = torch.zeros(a.n_layers, self.S * self.B, self.P, sum(self.widths), dtype=torch.float32,
+                             device=self.AD.device)
+
+    def _fold(self, g: Tensor) -> Tensor:
+        """A gradient of the S stacked points [S*B, ...] summed over the points: [B, ...]."""
+        return g if self.S == 1 else g.view(self.S, self.B, *g.shape[1:]).sum(0)
 
     # -- hooks of a gradient pass
     def hooks(self) -> Hooks:
@@ -265,24 +291,34 @@ class _EdgeGrads:
     def _qkv_grad(self, l: int, t: int, g: Tensor) -> None:
         g = f32(g)
         if self.norm == "none":
-            self.D[l][t].add_(g)
+            self.D[l][t].add_(self._fold(g))
             return
-        r = self.r[l][..., None, None]  # [B, P, 1, 1]
-        self.D[l][t].add_(g * r)
+        r = self.r[l][..., None, None]  # [S*B, P, 1, 1]
+        self.D[l][t].add_(self._fold(g * r))
         u = f32(self.us[l][t]) - self.const[l][t]
         o, w = self.offsets[t], self.widths[t]
         self.c[l, :, :, o:o + w] = (g * u).sum(-1) * (self.r[l][..., None] / self.arch.d_model)
 
     def _mlp_in_grad(self, l: int, g: Tensor) -> None:
-        self.Gm[l].add_(g)
+        self.Gm[l].add_(self._fold(g))
 
     def _final_in_grad(self, g: Tensor) -> None:
-        self.Gf.add_(g)
+        self.Gf.add_(self._fold(g))
 
     # -- one forward/backward pass
     def grad_pass(self, batch: TaskData, ids: Tensor, n: int, record_sign: float | None = None,
-                  replace_resid0: Tensor | None = None, extra: Hooks | None = None, leaf: Tensor | None = None) -> None:
-        """Forward ``ids`` (optionally with the residual entering layer 0 replaced), backprop L, accumulate."""
+                  replace_resid0: Tensor | None = None, extra: Hooks | None = None, leaf: Tensor | None = None,
+                  points: int = 1) -> None:
+        """Forward ``ids`` (optionally with the residual entering layer 0 replaced), backprop L, accumulate.
+        ``points`` > 1: ``ids`` and the replacement hold that many interpolation points of the batch stacked along
+        the batch (point-major); their gradients are summed as if each had its own pass."""
+        if points != self.S:
+            self.S = points
+            self._new_pass()
+        if points > 1:
+            if record_sign is not None:
+                raise ValueError("a pass of stacked points cannot record the sources")
+            batch = repeat_data(batch, points)
         hooks = [self.hooks()]
         if record_sign is not None:
             hooks.insert(0, source_hooks(self.runner, self.graph, self.AD, record_sign))
@@ -308,11 +344,13 @@ class _EdgeGrads:
         B, P, d, L = self.B, self.P, a.d_model, a.n_layers
         with torch.no_grad():
             live = [l for l in range(L) if self.xs[l] is not None]
-            if live:
-                xh = torch.stack([(f32(self.xs[l]) - self.mu[l][..., None]) * self.r[l][..., None] for l in live])
+            for k in range(self.S) if live else ():  # each stacked point against the one AD
+                rows = slice(k * B, (k + 1) * B)
+                xh = torch.stack([(f32(self.xs[l][rows]) - self.mu[l][rows][..., None]) * self.r[l][rows][..., None]
+                                  for l in live])
                 xh = xh.permute(1, 2, 3, 0).reshape(B * P, d, len(live))  # [BP, d, L']
                 adx = torch.bmm(self.AD.view(B * P, -1, d), xh)  # [BP, n_src, L']
-                c = self.c[live].view(len(live), B * P, -1)  # [L', BP, 3H]
+                c = self.c[live][:, rows].reshape(len(live), B * P, -1)  # [L', BP, 3H]
                 self.T3[live] += torch.bmm(adx.permute(2, 1, 0), c)
         self._new_pass()
 

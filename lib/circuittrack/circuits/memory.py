@@ -22,6 +22,7 @@ from circuittrack.models.devices import free_memory, is_out_of_memory
 
 DEFAULT_EXAMPLES = 32
 DEFAULT_CIRCUITS = 8
+DEFAULT_POINTS = 32  # interpolation points stacked in one attribution pass (EAP-IG's m = 30 fits whole)
 BUDGET_FRACTION = 0.6
 
 
@@ -54,20 +55,30 @@ def _shrink(plan: Batching, need, budget: float) -> Batching:
     return plan
 
 
-def plan_attribution(runner, graph: Graph, data, batch_size) -> Batching:
-    """Examples per attribution batch; working memory per example = the float32 edge state
-    (activation differences and gradient accumulators, (n_src + 4L + 1) P d) plus one forward/backward's
-    saved activations."""
+def plan_attribution(runner, graph: Graph, data, batch_size, steps: int = 1, ig_batch="auto") -> Batching:
+    """Examples per attribution batch and interpolation points per pass (``Batching.circuits``: the IG steps
+    stacked along the batch, all ``steps`` by default). Working memory per example = the float32 edge state
+    (activation differences and gradient accumulators, (n_src + 4L + 1) P d) plus, per stacked point, one
+    forward/backward's saved activations. Points are halved before examples (out of memory: the same)."""
     batch_size = check_size("batch_size", batch_size)
+    ig_batch = check_size("ig_batch", ig_batch)
     n, P = data.clean.shape
-    if batch_size != "auto":
-        return Batching(min(batch_size, n))
+    points = min(steps, DEFAULT_POINTS) if ig_batch == "auto" else min(ig_batch, steps)
+    plan = Batching(min(DEFAULT_EXAMPLES if batch_size == "auto" else batch_size, n), points)
+    if batch_size != "auto" and ig_batch != "auto":
+        return plan
     a = runner.arch
     item = torch.finfo(runner.dtype).bits // 8
-    per_example = 4 * P * a.d_model * (graph.n_src + 4 * a.n_layers + 1) \
-        + item * P * a.n_layers * (14 * a.d_model + 3 * 4 * a.d_model + 3 * a.n_heads * P)
+    state = 4 * P * a.d_model * (graph.n_src + 4 * a.n_layers + 1)
+    per_point = item * P * a.n_layers * (14 * a.d_model + 3 * 4 * a.d_model + 3 * a.n_heads * P) \
+        + 4 * P * a.n_layers * (a.d_model + 3 * a.n_heads)  # the stacked points' norm statistics and c terms
     budget = BUDGET_FRACTION * free_memory(runner.device)
-    return _shrink(Batching(min(DEFAULT_EXAMPLES, n)), lambda b: b.examples * per_example, budget)
+    need = lambda b: b.examples * (state + b.circuits * per_point)  # noqa: E731
+    if batch_size != "auto":  # explicit examples are used as given: only the points shrink
+        while need(plan) > budget and plan.circuits > 1:
+            plan = replace(plan, circuits=plan.circuits // 2)
+        return plan
+    return _shrink(plan, need, budget)
 
 
 def plan_evaluation(runner, graph: Graph, data, masks: torch.Tensor, batch_size, circuit_batch) -> Batching:
@@ -101,8 +112,9 @@ def plan_evaluation(runner, graph: Graph, data, masks: torch.Tensor, batch_size,
     return _shrink(plan, need, budget)
 
 
-def oom_retry(fn, plan: Batching, what: str, device=None):
-    """``fn(plan)``; on an out-of-memory error retry with :meth:`Batching.halved` sizes, down to 1 x 1."""
+def oom_retry(fn, plan: Batching, what: str, device=None, second: str = "circuit"):
+    """``fn(plan)``; on an out-of-memory error retry with :meth:`Batching.halved` sizes, down to 1 x 1.
+    ``second`` names what ``Batching.circuits`` counts in the messages (attribution: an interpolation point)."""
     while True:
         try:
             return fn(plan)
@@ -116,9 +128,9 @@ def oom_retry(fn, plan: Batching, what: str, device=None):
                 torch.cuda.empty_cache()
             if smaller is None:
                 where = f" on {device}" if device is not None else ""
-                raise OutOfMemory(f"{what} ran out of memory{where} even with one example and one circuit per "
+                raise OutOfMemory(f"{what} ran out of memory{where} even with one example and one {second} per "
                                   "pass; use a smaller model, --dtype bfloat16, fewer or shorter prompts, or a "
                                   "device with more memory") from None
             print(f"circuittrack: {what} ran out of memory with {plan.examples} examples x {plan.circuits} "
-                  f"circuits per pass; retrying with {smaller.examples} x {smaller.circuits}", file=sys.stderr)
+                  f"{second}s per pass; retrying with {smaller.examples} x {smaller.circuits}", file=sys.stderr)
             plan = smaller

@@ -205,7 +205,9 @@ def clean_pass(model, tokens: Tensor, layers: Sequence[int]) -> CleanPass:
         logits = runner.forward(ids, hooks)
         patterns = attention_patterns(model, ids, layers)
     eps = a.ln_final()[2]
-    scale = (final["x"].var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+    x = final["x"]
+    spread = x.var(-1, unbiased=False, keepdim=True) if a.final_norm == "layernorm" else x.pow(2).mean(-1, keepdim=True)
+    scale = (spread + eps).sqrt()
     log_probs = logits.float().log_softmax(-1)
     return CleanPass(ids, logits, resid, v, z, {l: p for l, p in zip(layers, patterns)}, scale, log_probs,
                      log_probs.exp())
@@ -220,15 +222,17 @@ class Unembedding:
         self.center = self.W_U.mean(0)  # vocabulary mean (TransformerLens' center_unembed)
         w, _, _ = arch.ln_final()
         self.w = w.float()
+        self.centred = arch.final_norm == "layernorm"  # an RMSNorm does not centre the residual
 
     def rows(self, ids: Tensor) -> Tensor:
-        """``U[t] = center_d(w_ln * (W_U[t] - mean W_U))`` [..., d] (float32): logit lens = x . U[t] / s."""
+        """``U[t] = center_d(w_ln * (W_U[t] - mean W_U))`` [..., d] (float32; no centring over d under an
+        RMSNorm): logit lens = x . U[t] / s."""
         u = self.w * (self.W_U[ids] - self.center)
-        return u - u.mean(-1, keepdim=True)
+        return u - u.mean(-1, keepdim=True) if self.centred else u
 
     def logits_change(self, delta: Tensor, final_scale: Tensor) -> Tensor:
         """Direct-path logit change [..., V] of adding ``delta`` [..., d] to the final residual (scale frozen)."""
-        d = (delta - delta.mean(-1, keepdim=True)) / final_scale * self.w
+        d = (delta - delta.mean(-1, keepdim=True) if self.centred else delta) / final_scale * self.w
         return d @ self.W_U.T
 
 
@@ -327,7 +331,8 @@ def head_kls(clean: CleanPass, arch: ArchAdapter, unembed: Unembedding, layer: i
     ``mean``: the head's per-position mean output [>= P, d]."""
     mean = mean[: clean.tokens.shape[1]]
     orig = head_outputs(arch, layer, clean.z[layer], [head])[:, :, 0]
-    out = head_outputs(arch, layer, clean.v[layer], [head])[:, :, 0]  # what each source would send, A = 1
+    v = clean.v[layer].repeat_interleave(arch.n_heads // arch.n_kv_heads, dim=2)  # each head its group's values
+    out = head_outputs(arch, layer, v, [head])[:, :, 0]  # what each source would send, A = 1
     cspa = cspa_head_result(clean.patterns[layer][:, head], out, mean, sources.directions, sources.keep, ov,
                             only_negative)
     change = unembed.logits_change(torch.stack([mean.expand_as(orig) - orig, cspa - orig]), clean.final_scale)
@@ -357,6 +362,10 @@ def cspa_scores(model, tokens: Tensor, mean_tokens: Tensor | None = None,
     prefix ranked by the logit lens (1.0 keeps every source), an int a fixed count. ``ov`` / ``only_negative``
     off are for checks: without ``ov`` kept sources pass whole, without ``only_negative`` positive parts stay."""
     a = get_arch(model)
+    if a.post_norm:
+        raise InvalidInput(f"CSPA is not defined here for {a.name}: its post-norm scales every head's output by the "
+                           "layer's whole output, so a head's copy-suppression cannot be ablated alone; score the "
+                           "other heads' types (heads: {cspa: false})")
     vocab = int(model.config.vocab_size)
     tokens = _check_tokens(tokens, vocab, "tokens")
     mean_tokens = tokens if mean_tokens is None else _check_tokens(mean_tokens, vocab, "mean_tokens")

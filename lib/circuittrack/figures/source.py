@@ -136,7 +136,7 @@ def prepare(grid: str | Path, analyses: list[str], notebook: str, models=None, c
     if recompute:
         for job in part.jobs:
             st.forget(job)
-    report = run_grid(part, st, jobs=jobs, progress=progress)
+    report = run_grid(part, st, jobs=jobs, progress=progress, evict=part.evict)
     if report.failed:
         first = report.failed[0]
         raise InvalidInput(f"{notebook}: {len(report.failed)} job(s) failed, e.g. {first[1]}: {first[2]}; "

@@ -147,21 +147,12 @@ class ArchAdapter(ABC):
             return self.merge_qkv(*parts)
         return parts[0].flatten(-2)
 
-    @property
-    def attn_in_site(self) -> str:
-        return self.attn_in_path or self.ln1_path
-
-    @property
-    def mlp_in_site(self) -> str:
-        return self.mlp_in_path or self.ln2_path
-
-    @property
-    def mlp_out_site(self) -> str:
-        return self.mlp_out_path or self.mlp_path
-
-    @property
-    def attn_out_site(self) -> str:
-        return self.attn_out_path or self.o_path
+    def site(self, kind: str) -> str:
+        """Path in a layer of the module at a site: ``attn_in`` (its first argument is attention's residual input),
+        ``mlp_in`` (the MLP branch's), ``mlp_out`` / ``attn_out`` (its output is that residual write)."""
+        own, default = {"attn_in": (self.attn_in_path, self.ln1_path), "mlp_in": (self.mlp_in_path, self.ln2_path),
+                        "mlp_out": (self.mlp_out_path, self.mlp_path), "attn_out": (self.attn_out_path, self.o_path)}[kind]
+        return own or default
 
     @property
     def device(self) -> torch.device:

@@ -40,7 +40,7 @@ from circuittrack.sweeps.store import Job, file_digest
 from circuittrack.tasks import registry
 
 BLOCK_KEYS = ("name", "models", "checkpoints", "tasks", "analyses", "device", "dtype")
-TOP_KEYS = ("name", "suite", "models", "checkpoints", "tasks", "analyses", "device", "dtype", "runs")
+TOP_KEYS = ("name", "suite", "models", "checkpoints", "tasks", "analyses", "device", "dtype", "runs", "evict")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class Grid:
     path: Path
     suite: str
     units: list[Unit]
+    evict: bool = False  # the grid's `evict: true`: every sweep of it evicts hub checkpoints once their jobs are stored
 
     @property
     def jobs(self) -> list[Job]:
@@ -97,7 +98,7 @@ class Grid:
                     and (keep_t is None or j.task is None or j.task in keep_t)]
             if kept:
                 units.append(Unit(u.suite, u.model, u.step, u.device, u.dtype, kept))
-        return Grid(self.name, self.path, self.suite, units)
+        return Grid(self.name, self.path, self.suite, units, self.evict)
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -172,6 +173,9 @@ def load_grid(path: str | Path, device: str | None = None, dtype: str | None = N
     suite_name = raw.get("suite")
     if suite_name not in SUITE_NAMES:
         raise InvalidInput(f"{path}: suite: {suite_name!r} is not a suite; valid suites: {choices(SUITE_NAMES)}")
+    evict = raw.get("evict", False)
+    if not isinstance(evict, bool) or (evict and suite_name == "toy"):
+        raise InvalidInput(f"{path}: evict: must be true or false (true only for hub suites, not toy); got {evict!r}")
     suite = get_suite(suite_name)
     defaults = {k: raw[k] for k in BLOCK_KEYS if k in raw and k != "name"}
     blocks = raw.get("runs")
@@ -199,7 +203,7 @@ def load_grid(path: str | Path, device: str | None = None, dtype: str | None = N
                 unit.jobs += [j for j in job_unit.jobs if j.key not in seen]
     order = {m: i for i, m in enumerate(suite.models)}
     ordered = sorted(units.values(), key=lambda u: (order.get(u.model, len(order)), u.model, u.step, u.dtype))
-    return Grid(str(raw.get("name") or path.stem), path, suite_name, ordered)
+    return Grid(str(raw.get("name") or path.stem), path, suite_name, ordered, evict)
 
 
 def _keys(mapping: dict, valid: Iterable[str], where: str) -> None:

@@ -61,7 +61,7 @@ class NNsightRunner(Runner):
             for l in range(a.n_layers):
                 layer = layers[l]
                 if h.attn_in is not None:
-                    h.attn_in(l, get_path(layer, a.attn_in_site).input)
+                    h.attn_in(l, get_path(layer, a.site("attn_in")).input)
                 if h.qkv is not None or h.qkv_grad is not None:
                     for path, ts in a.projection_sites():
                         mod = get_path(layer, path)
@@ -76,18 +76,18 @@ class NNsightRunner(Runner):
                     if new is not None:
                         mod.input = new.flatten(-2)
                 if h.attn_out is not None:
-                    mod = get_path(layer, a.attn_out_site)
+                    mod = get_path(layer, a.site("attn_out"))
                     new = h.attn_out(l, mod.output)
                     if new is not None:
                         mod.output = new
                 if h.mlp_in is not None or h.mlp_in_grad is not None:
-                    mod = get_path(layer, a.mlp_in_site)
+                    mod = get_path(layer, a.site("mlp_in"))
                     x = mod.input
                     y = intervene_input(x, *mlp_in_callbacks(h, l))
                     if y is not x:
                         mod.input = y
                 if h.mlp_out is not None:
-                    mod = get_path(layer, a.mlp_out_site)
+                    mod = get_path(layer, a.site("mlp_out"))
                     new = h.mlp_out(l, mod.output)
                     if new is not None:
                         mod.output = new

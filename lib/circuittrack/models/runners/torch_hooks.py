@@ -45,18 +45,18 @@ class TorchRunner(Runner):
                 pre(self._layers[0], lambda m, args: first_arg(args, h.resid0(args[0])))
             for l, layer in enumerate(self._layers):
                 if h.attn_in is not None:
-                    pre(get_path(layer, a.attn_in_site), partial(self._attn_in, h, l))
+                    pre(get_path(layer, a.site("attn_in")), partial(self._attn_in, h, l))
                 if h.qkv is not None or h.qkv_grad is not None:
                     for path, ts in a.projection_sites():
                         post(get_path(layer, path), partial(self._qkv, h, l, ts))
                 if h.z is not None:
                     pre(get_path(layer, a.o_path), partial(self._z, h, l))
                 if h.attn_out is not None:
-                    post(get_path(layer, a.attn_out_site), lambda m, args, out, l=l: h.attn_out(l, out))
+                    post(get_path(layer, a.site("attn_out")), lambda m, args, out, l=l: h.attn_out(l, out))
                 if h.mlp_in is not None or h.mlp_in_grad is not None:
-                    pre(get_path(layer, a.mlp_in_site), partial(self._mlp_in, h, l))
+                    pre(get_path(layer, a.site("mlp_in")), partial(self._mlp_in, h, l))
                 if h.mlp_out is not None:
-                    post(get_path(layer, a.mlp_out_site), lambda m, args, out, l=l: h.mlp_out(l, out))
+                    post(get_path(layer, a.site("mlp_out")), lambda m, args, out, l=l: h.mlp_out(l, out))
             if h.final_in is not None or h.final_in_grad is not None:
                 pre(self._final_ln, partial(self._final_in, h))
             kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
