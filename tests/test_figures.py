@@ -259,8 +259,10 @@ def test_figures_are_numbered_per_chapter_and_panels_share_a_number(tmp_path, mo
     grid = source_mod.load_grid(Path(__file__).resolve().parents[1] / "grids" / "toy.yaml").narrowed(models=["toy-s"], analyses=["behaviour"])
     src = source_mod.Source(grid, source_mod.Store(tmp_path / "store"), "04_ioi_algorithm")
     chart = alt.Chart(pd.DataFrame({"a": [1]})).mark_point()
-    numbers = [src.figure(chart, "a", "**Panel.**", group="g"), src.figure(chart, "b", "**Panel.**", group="g"),
-               src.figure(chart, "c", "**Alone.** More."), src.figure(chart, "d", "plain", group="h")]
+    for stem, caption, group in (("a", "**Panel.**", "g"), ("b", "**Panel.**", "g"), ("c", "**Alone.** More.", None),
+                                 ("d", "plain", "h")):
+        assert src.figure(chart, stem, caption, group=group) is None  # a cell ending with it shows no value
+    numbers = src.figures[-4:]
     assert numbers == ["4.1a", "4.1b", "4.2", "4.3a"]
     captions = [x.data for x in shown if hasattr(x, "data") and isinstance(x.data, str)]
     assert captions[2].startswith("**Figure 4.2: Alone.** More. Source: notebook `04_ioi_algorithm`")

@@ -91,9 +91,11 @@ class PageReport:
     script_errors: int = 0
     console_errors: list[str] = field(default_factory=list)
     unfolded_code: int = 0  # code cells shown without a click (the book folds them behind "show code")
+    stray_outputs: int = 0  # bare values a cell printed (a repr like '2.1'), which a reader should never see
     figures: list[str] = field(default_factory=list)  # numbered captions, in page order ("2.1", "4.1a", ...)
     unreferenced: list[str] = field(default_factory=list)  # figure numbers the text never names
     dangling: list[str] = field(default_factory=list)  # figure numbers the text names but no caption has
+    early: list[str] = field(default_factory=list)  # figures named before the figure ahead of them is shown
     has_math: bool = False
     math_rendered: bool = False
     screenshot: str | None = None
@@ -108,8 +110,13 @@ class PageReport:
         out += [f"console error: {e}" for e in self.console_errors]
         if self.unfolded_code:
             out.append(f"{self.unfolded_code} code cells shown unfolded")
+        if self.stray_outputs:
+            out.append(f"{self.stray_outputs} code cells show a bare value (plain-text output): end them with a "
+                       "call that displays, or with ';'")
         out += [f"Figure {n} is never referred to in the text" for n in self.unreferenced]
         out += [f"the text refers to Figure {n}, which the page does not have" for n in self.dangling]
+        out += [f"the text first names Figure {n} before the figure ahead of it is shown (numbers swapped?)"
+                for n in self.early]
         if self.has_math and not self.math_rendered:
             out.append("math is not typeset (MathJax did not run)")
         return out
@@ -129,6 +136,12 @@ def console_errors(log: str) -> list[str]:
         if m and _CONSOLE_ERROR.match(m.group("msg")):
             out.append(f"{m.group('msg')} ({m.group('src').rsplit('/', 1)[-1]})")
     return out
+
+
+def stray_outputs(html: str) -> int:
+    """Plain-text cell outputs: a chapter shows figures, tables and Markdown, so a plain one is a bare value a cell
+    ended with (its repr), not something written for the reader."""
+    return len(re.findall(r'class="output text_plain\b', html))
 
 
 def unfolded_code(html: str) -> int:
@@ -153,6 +166,35 @@ def figure_references(html: str) -> tuple[list[str], list[str], list[str]]:
     return figures, [n for n in numbers if n not in named], sorted(named - set(numbers))
 
 
+def early_references(html: str) -> list[str]:
+    """Figure numbers the text first names ahead of the figures: between two figures it may introduce the next
+    ones in a run (2.4, then 2.4 and 2.5 together), not one further on while the next is unnamed (two numbers
+    swapped, a figure moved). A chapter's opening overview (before any figure) may name any of them."""
+    text = re.sub(r"<script\b.*?</script>", " ", html, flags=re.S)
+    text = _CAPTION.sub(lambda m: f" \x00{m.group(1)}\x00 ", text)
+    text = re.sub(r"<[^>]+>", " ", text)
+    parts = re.split(r"\x00", text)
+    order = list(dict.fromkeys(p for p in parts if re.fullmatch(r"\d+\.\d+", p)))
+    named: set[str] = set()
+    early: list[str] = []
+    shown = 0
+    for part in parts:
+        if re.fullmatch(r"\d+\.\d+", part):
+            shown = max(shown, order.index(part) + 1)
+            continue
+        here = {re.sub("[a-z]$", "", n) for ref in _REFERENCE.findall(re.sub(r"\s+", " ", part))
+                for n in re.findall(_NUMBER, ref)}
+        new = here - named
+        named |= here
+        if shown == 0:
+            continue
+        run = shown  # the figures this text introduces: a run from the next one to be shown
+        while run < len(order) and order[run] in here:
+            run += 1
+        early += [n for n in sorted(new) if n in order and order.index(n) >= run]
+    return early
+
+
 def external_loads(html: str) -> list[str]:
     parser = _Loads()
     parser.feed(html)
@@ -166,7 +208,9 @@ def check_page(chromium: str, page: Path, root: Path, shots: Path | None) -> Pag
     source = page.read_text(errors="replace")
     report.has_math = bool(re.search(r'class="[^"]*\bmath\b', source))
     report.unfolded_code = unfolded_code(source)
+    report.stray_outputs = stray_outputs(source)
     report.figures, report.unreferenced, report.dangling = figure_references(source)
+    report.early = early_references(source)
     dom, log = _chromium(chromium, page, ["--dump-dom", "--enable-logging=stderr", "--v=0"])
     report.console_errors = console_errors(log)
     charts = _Charts()
@@ -177,7 +221,7 @@ def check_page(chromium: str, page: Path, root: Path, shots: Path | None) -> Pag
     if shots is not None:
         shots.mkdir(parents=True, exist_ok=True)
         out = shots / (rel.replace("/", "__").removesuffix(".html") + ".png")
-        _chromium(chromium, page, [f"--screenshot={out}", "--window-size=1280,7000"])
+        _chromium(chromium, page, [f"--screenshot={out}", "--window-size=1280,12000"])
         report.screenshot = str(out) if out.exists() else None
     return report
 

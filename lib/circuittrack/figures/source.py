@@ -101,11 +101,12 @@ class Source:
         self._groups[group] = [n, 1]
         return f"{prefix}{n}a"
 
-    def figure(self, chart, stem: str, caption: str, group: str | None = None) -> str:
+    def figure(self, chart, stem: str, caption: str, group: str | None = None) -> None:
         """Save ``chart`` (SVG, PNG and the store keys read, :func:`~circuittrack.figures.theme.save`), show it,
         and show its caption numbered and ending in the provenance line. ``caption``: Markdown, its first bold
-        part the title (``"**Circuit size over training.** More..."``). Returns the figure's number, which the
-        chapter's text refers to (the book's page check fails on a figure the text never names)."""
+        part the title (``"**Circuit size over training.** More..."``). The number (the last of :attr:`figures`)
+        is what the chapter's text refers to (the book's page check fails on a figure the text never names).
+        Returns nothing, so that a cell ending with it shows no stray value."""
         from IPython.display import Markdown, display
 
         from circuittrack.figures import theme
@@ -117,7 +118,6 @@ class Source:
         label = f"Figure {number}"
         text = f"**{label}: {caption[2:]}" if caption.startswith("**") else f"**{label}.** {caption}"
         display(Markdown(f"{text} {self.provenance()}"))
-        return number
 
 
 def prepare(grid: str | Path, analyses: list[str], notebook: str, models=None, checkpoints=None, tasks=None,
