@@ -436,6 +436,22 @@ def test_stacked_points_halve_on_out_of_memory(neox_parallel, monkeypatch, capsy
         return forward(ids, hooks, positions)
 
     monkeypatch.setattr(runner, "forward", short)
-    got = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=4, batch_size=4, progress=False)
+    got = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=4, batch_size=4, ig_batch=4, progress=False)
     assert rel_err(got, want) < 1e-6
     assert "4 interpolation points per pass; retrying with 4 x 2" in capsys.readouterr().err
+
+
+def test_points_are_stacked_by_default_on_an_accelerator_only(neox_parallel):
+    from types import SimpleNamespace
+
+    from circuittrack.circuits.memory import plan_attribution
+    from circuittrack.models.runners import get_runner
+
+    runner = get_runner("torch", neox_parallel)
+    data = make_task(n=6)
+    graph = Graph.from_config(neox_parallel.config)
+    assert plan_attribution(runner, graph, data, "auto", steps=30).circuits == 1  # the CPU: one point a pass
+    assert plan_attribution(runner, graph, data, "auto", steps=30, ig_batch=7).circuits == 7
+    fake = SimpleNamespace(device=torch.device("meta"), dtype=torch.float32, arch=runner.arch)
+    plan = plan_attribution(fake, graph, data, "auto", steps=30)  # an accelerator: fill 256 rows
+    assert (plan.examples, plan.circuits) == (6, 30)

@@ -13,7 +13,8 @@ CIRCUIT = ["circuit", "--suite", "toy", "--model", "toy-s", "--checkpoint", "fin
 def test_suites_json_lists_models_and_checkpoint_counts(capsys):
     code, out, _ = run(capsys, "suites", "--json")
     data = json.loads(out)
-    assert code == 0 and set(data) == {"pythia", "toy", "hf"}
+    assert code == 0 and set(data) == {"pythia", "toy", "hf", "crfm", "olmo2", "smollm2", "amber"}
+    assert data["crfm"]["models"]["alias-gpt2-small-x21"]["n_checkpoints"] == 609
     p160 = data["pythia"]["models"]["pythia-160m"]
     assert (p160["n_layers"], p160["n_heads"], p160["d_model"], p160["n_checkpoints"]) == (12, 12, 768, 154)
     assert data["toy"]["models"]["toy-s"]["n_checkpoints"] == 25
@@ -31,7 +32,7 @@ def test_info_accepts_final(capsys):
     (["info", "--suite", "nope", "--model", "x"], "valid suites: pythia, toy, hf"),
     (["info", "--suite", "pythia", "--model", "pythia-9m"], "valid models:"),
     (["info", "--suite", "toy", "--model", "toy-s", "--checkpoint", "3"], "valid steps: 0, 1, 2, 4"),
-    (["train-toy", "--models", "toy-xl"], "valid: toy-s, toy-m, toy-l, toy-s-seed1, toy-s-seed2"),
+    (["train-toy", "--models", "toy-xl"], "valid: toy-s, toy-m, toy-l, toy-llama-m, toy-s-seed1, toy-s-seed2"),
     (["train-toy", "--models", "toy-l-seed1", "--seeds"], "unknown toy model(s) toy-l-seed1; valid: toy-s"),
     (["eval", "--suite", "toy", "--model", "toy-s", "--checkpoint", "final", "--task", "nope"],
      "valid tasks: gendered-pronoun, greater-than, ioi, sva"),

@@ -84,9 +84,10 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
     ``batch_size``: examples per batch, or ``"auto"`` (32, less when memory is short; see
     :mod:`circuittrack.circuits.memory`); on out-of-memory it is halved and the call retried.
     ``edge_batch``: single-edge patches per forward (``exact``; see :func:`circuittrack.circuits.exact.exact_scores`).
-    ``ig_batch``: interpolation points stacked along the batch in one pass (the IG methods): ``"auto"`` takes all
-    m, or fewer where memory asks for it (halved first on out-of-memory); 1 runs them one pass each. Scores are the
-    same either way (to float rounding: 1e-6 relative).
+    ``ig_batch``: interpolation points stacked along the batch in one pass (the IG methods): ``"auto"`` stacks
+    them on an accelerator (up to 256 rows a pass; fewer where memory asks, halved first on out-of-memory) and
+    not on the CPU, where it does not pay (:data:`circuittrack.circuits.memory.ACCELERATOR_ROWS`); an int stacks
+    that many. Scores are the same either way (to float rounding: 1e-6 relative).
 
     Memory per batch: one forward/backward's activations (parameters frozen, answer-position logits only)
     plus 4 * B * P * d * (n_src + 4 L + 1) bytes of float32 state (AD and the gradient accumulators).

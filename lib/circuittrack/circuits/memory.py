@@ -22,7 +22,11 @@ from circuittrack.models.devices import free_memory, is_out_of_memory
 
 DEFAULT_EXAMPLES = 32
 DEFAULT_CIRCUITS = 8
-DEFAULT_POINTS = 32  # interpolation points stacked in one attribution pass (EAP-IG's m = 30 fits whole)
+#: Rows (examples x stacked interpolation points) an attribution pass aims at on an accelerator, where one pass
+#: of many rows costs less than many of few (kernel launches); on the CPU a pass of B rows is already as fast per
+#: row as larger ones (toy-l, B = 32: 3.6 s one point per pass, 3.4 s two, 4.8 s all 30), so points are not
+#: stacked there. Not yet measured on a GPU (benchmarks/gpu_check.sh reports both).
+ACCELERATOR_ROWS = 256
 BUDGET_FRACTION = 0.6
 
 
@@ -57,14 +61,20 @@ def _shrink(plan: Batching, need, budget: float) -> Batching:
 
 def plan_attribution(runner, graph: Graph, data, batch_size, steps: int = 1, ig_batch="auto") -> Batching:
     """Examples per attribution batch and interpolation points per pass (``Batching.circuits``: the IG steps
-    stacked along the batch, all ``steps`` by default). Working memory per example = the float32 edge state
+    stacked along the batch; by default on an accelerator enough for :data:`ACCELERATOR_ROWS` rows, on the CPU
+    one). Working memory per example = the float32 edge state
     (activation differences and gradient accumulators, (n_src + 4L + 1) P d) plus, per stacked point, one
     forward/backward's saved activations. Points are halved before examples (out of memory: the same)."""
     batch_size = check_size("batch_size", batch_size)
     ig_batch = check_size("ig_batch", ig_batch)
     n, P = data.clean.shape
-    points = min(steps, DEFAULT_POINTS) if ig_batch == "auto" else min(ig_batch, steps)
-    plan = Batching(min(DEFAULT_EXAMPLES if batch_size == "auto" else batch_size, n), points)
+    examples = min(DEFAULT_EXAMPLES if batch_size == "auto" else batch_size, n)
+    if ig_batch == "auto":
+        accelerator = torch.device(runner.device).type != "cpu"
+        points = min(steps, max(1, ACCELERATOR_ROWS // examples)) if accelerator else 1
+    else:
+        points = min(ig_batch, steps)
+    plan = Batching(examples, points)
     if batch_size != "auto" and ig_batch != "auto":
         return plan
     a = runner.arch
