@@ -433,3 +433,19 @@ def test_the_slider_moved_in_chromium_redraws_the_stored_edge_sets(tmp_path):
     for r in report:
         assert sorted(r["scene"]) == sorted(r["svg"]) == sorted(_stored(e, r["step"])), r
     assert not list(tmp_path.glob(".slider-*"))  # the instrumented copy is removed
+
+
+def test_a_grouped_query_models_circuits_draw_kv_inputs_between_the_groups_heads():
+    from circuittrack.figures.circuit_graph import circuit_layout, circuit_over_training
+
+    edges = pd.DataFrame({"source": ["input", "a0.h1", "a0.h3"], "target": ["a0.kv1<k>", "a1.kv0<v>", "logits"],
+                          "score": [1.0, -0.5, 2.0]})
+    nodes, lines = circuit_layout(edges, 2, 4, n_kv_heads=2)
+    kv = lines.set_index("edge").loc["input->a0.kv1<k>"]
+    assert kv["y2"] == pytest.approx(2.5 + cg.PORT_DY["k"]) and kv["port"] == "k"  # between heads 2 and 3
+    assert "a0.h2" in set(nodes["node"])  # the group's first head is drawn as the input's node
+    with pytest.raises(InvalidInput, match="not edge targets"):
+        circuit_layout(edges, 2, 4)  # an ungrouped graph has no a0.kv1<k>
+    steps = pd.concat([edges.assign(step=s, greedy_rank=range(3), model="m", task="ioi", key=f"k{s}") for s in (1, 2)])
+    spec = circuit_over_training(steps, "m", "ioi", 2, 4, n_kv_heads=2).to_dict()
+    assert len(spec["hconcat"]) == 2  # the drawing and the heads heatmap

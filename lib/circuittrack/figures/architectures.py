@@ -3,10 +3,14 @@
 The claims table of the "Compared with the paper" chapter (:func:`circuittrack.figures.compare.claims_table`),
 computed once per group of models (one architecture each, e.g. toy-m as GPT-NeoX and toy-llama-m as Llama:
 the same shape and training budget), then joined on (claim, item): one verdict column per group and whether they
-agree. A claim about several sizes has no verdict for a group of one model ("not comparable" there).
+agree. A claim about several sizes has no verdict for a group of one model ("not comparable" there); a group of
+one model drops its name from per-model items ("toy-m, Name mover heads" -> "Name mover heads"; "toy-m" -> "the
+model") so they align.
 """
 
 from __future__ import annotations
+
+import re
 
 import pandas as pd
 
@@ -37,8 +41,13 @@ def claims_for(source, models: list[str], from_step: int | None = None) -> pd.Da
         components.first_crossings(_subset(source.load("heads", "scores"), models)), emergence)
     shares = _subset(source.load("ioi_algorithm", "shares"), models)
     roles = _subset(source.load("ioi_algorithm", "heads"), models)
-    return compare.claims_table(emergence, circuits.correlations(sizes), summary, windows, timing, shares, roles,
-                                suite=suite.name, grid=source.grid)
+    table = compare.claims_table(emergence, circuits.correlations(sizes), summary, windows, timing, shares, roles,
+                                 suite=suite.name, grid=source.grid)
+    if len(models) == 1:  # per-model items ("toy-m, Name mover heads") align across groups without the name
+        name = re.escape(models[0])
+        table["item"] = table["item"].str.replace(f"^{name}, ", "", n=1, regex=True).str.replace(
+            f"^{name}$", "the model", regex=True)
+    return table
 
 
 def across(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -52,9 +52,11 @@ STEPS_DATA, NODES_DATA, TARGETS_DATA = "circuit_steps", "circuit_nodes", "circui
 
 
 # ----- layout -------------------------------------------------------------------------------------------------
-def _tables(n_layers: int, n_heads: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All nodes (sources in the graph's order, then ``logits``) and all edge targets, with positions."""
-    g = Graph(n_layers, n_heads)
+def _tables(n_layers: int, n_heads: int, n_kv_heads: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All nodes (sources in the graph's order, then ``logits``) and all edge targets, with positions. With
+    grouped-query attention a group's k and v inputs (``a1.kv0<k>``) are drawn between its query heads and
+    belong to the first of them (``node``)."""
+    g = Graph(n_layers, n_heads, True, n_kv_heads or None)
     mid = (n_heads - 1) / 2
     nodes = []
     for name in g.src_names + ["logits"]:
@@ -74,7 +76,13 @@ def _tables(n_layers: int, n_heads: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     targets = []
     for name, node in zip(g.dst_names, g.dst_node):
         port = name[-2] if name.endswith(">") else ""
-        x, y = pos.at[node, "x"], pos.at[node, "y"]
+        if ".kv" in node:  # a key/value group: between its heads, on the first one's node
+            layer, group = (int(v) for v in node[1:].split(".kv"))
+            heads = list(g.group_heads(group))
+            node = f"a{layer}.h{heads[0]}"
+            x, y = pos.at[node, "x"], (heads[0] + heads[-1]) / 2
+        else:
+            x, y = pos.at[node, "x"], pos.at[node, "y"]
         if port:
             x, y = x + PORT_DX, y + PORT_DY[port]
         targets.append((name, node, port, x, y))
@@ -111,7 +119,7 @@ def _check_ends(pairs: pd.DataFrame, nodes: pd.DataFrame, targets: pd.DataFrame,
 
 
 def circuit_layout(edges: pd.DataFrame, n_layers: int, n_heads: int,
-                   all_nodes: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   all_nodes: bool = False, n_kv_heads: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Positions for one circuit's ``edges`` (columns ``source``, ``target``, ``score``; more are kept).
 
     Returns ``(nodes, lines)``. ``nodes``: one row per drawn node (``node``, ``kind`` input/head/mlp/logits/port,
@@ -130,7 +138,7 @@ def circuit_layout(edges: pd.DataFrame, n_layers: int, n_heads: int,
         first = edges[dup].iloc[0]
         raise InvalidInput(f"circuit_layout draws one circuit, but edge {first['source']}->{first['target']} "
                            "appears more than once: keep one model, step, task and job (e.g. half=0)")
-    nodes, targets = _tables(n_layers, n_heads)
+    nodes, targets = _tables(n_layers, n_heads, n_kv_heads)
     _check_ends(edges, nodes, targets, n_layers, n_heads)
     pos, tpos = nodes.set_index("node"), targets.set_index("target")
     lines = edges.copy()
@@ -248,7 +256,7 @@ def _column_labels(n_layers: int) -> pd.DataFrame:
 
 def circuit_figure(edges: pd.DataFrame, model: str, step: int, task: str, n_layers: int, n_heads: int,
                    roles: pd.DataFrame | None = None, all_nodes: bool = False, width: int | None = None,
-                   height: int | None = None) -> alt.LayerChart:
+                   height: int | None = None, n_kv_heads: int | None = None) -> alt.LayerChart:
     """One circuit drawn as a graph: the paper's Figure 4A (Pythia-160m's IOI circuit at the end of training).
 
     ``edges``: the circuit edges table (``load_results("circuit", "edges")``, one job per checkpoint);
@@ -257,7 +265,7 @@ def circuit_figure(edges: pd.DataFrame, model: str, step: int, task: str, n_laye
     out). Hovering an edge shows its name, score and greedy rank."""
     one = _one_circuit(edges, model, step, task, "circuit_figure")
     labels = _role_labels(roles, model, step)
-    nodes, lines = circuit_layout(one, n_layers, n_heads, all_nodes=all_nodes)
+    nodes, lines = circuit_layout(one, n_layers, n_heads, all_nodes=all_nodes, n_kv_heads=n_kv_heads)
     w, h = _size(n_layers, n_heads, width, height)
     x, y, _ = _axes(n_layers, n_heads)
     lines = lines.assign(target_input=lines["port"].replace("", "-"))
@@ -336,7 +344,7 @@ def _join(values) -> str:
 
 
 def _over_training_rows(edges_all_steps: pd.DataFrame, model: str, task: str, n_layers: int, n_heads: int,
-                        steps: list[int] | None) -> dict:
+                        steps: list[int] | None, n_kv_heads: int | None = None) -> dict:
     """The viewer's data: ``steps`` (sorted), the ``nodes`` and ``targets`` position tables (ids: the graph's
     source and target order, ``logits`` last among nodes) and ``rows``, one per checkpoint (see
     :func:`circuit_over_training`)."""
@@ -352,7 +360,7 @@ def _over_training_rows(edges_all_steps: pd.DataFrame, model: str, task: str, n_
                                f"{model}/{task} circuits; give steps=None or include them")
     if not steps:
         raise InvalidInput(f"circuit_over_training: {model}/{task} has no checkpoint to show")
-    nodes, targets = _tables(n_layers, n_heads)
+    nodes, targets = _tables(n_layers, n_heads, n_kv_heads)
     _check_ends(d[["source", "target"]].drop_duplicates(), nodes, targets, n_layers, n_heads)
     nid, tid = nodes.set_index("node")["id"], targets.set_index("target")["id"]
     t_node = targets["node"].map(nid).to_numpy()
@@ -405,7 +413,7 @@ def _step_chain(name: str, fields: dict[str, str], n_dst: int) -> alt.Chart:
 
 def circuit_over_training(edges_all_steps: pd.DataFrame, model: str, task: str, n_layers: int, n_heads: int,
                           steps: list[int] | None = None, beside: bool = True, width: int | None = None,
-                          height: int | None = None) -> alt.HConcatChart | alt.VConcatChart:
+                          height: int | None = None, n_kv_heads: int | None = None) -> alt.HConcatChart | alt.VConcatChart:
     """A circuit over training, interactive and offline: a checkpoint slider redraws the circuit at that step;
     edges that entered since the previous stored checkpoint are amber, edges that left it grey and dashed;
     hovering shows score and greedy rank. Beside it (``beside=False``: below), a heads x checkpoints heatmap of
@@ -433,7 +441,7 @@ def circuit_over_training(edges_all_steps: pd.DataFrame, model: str, task: str, 
       ``circuit_edges_0`` and vega's mark is ``circuit_edges_0_marks`` (also the SVG group's class). In a
       browser: ``view.scenegraph()``'s items of that mark, ``item.datum.edge``; every drawn edge also carries
       its name as its ARIA description (``aria-label`` in the SVG, which vl-convert renders too)."""
-    data = _over_training_rows(edges_all_steps, model, task, n_layers, n_heads, steps)
+    data = _over_training_rows(edges_all_steps, model, task, n_layers, n_heads, steps, n_kv_heads)
     steps, nodes, targets, n_dst = data["steps"], data["nodes"], data["targets"], data["n_targets"]
     w, h = _size(n_layers, n_heads, width, height)
     x, y, y2 = _axes(n_layers, n_heads)

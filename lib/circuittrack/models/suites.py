@@ -80,6 +80,7 @@ class ModelSpec:
     d_model: int
     steps: tuple[int, ...]
     tokens_per_step: int
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0: one per query head
     d_mlp: int = 0
     vocab_size: int = 0
     context_length: int = 2048
@@ -262,7 +263,8 @@ def toy_model_spec(name: str) -> ModelSpec:
     variant = parse_variant(name)
     shape = TOY_ALL_SHAPES[variant.base]
     return ModelSpec(name=name, hf_id=name, n_params=shape.n_params(), n_layers=shape.n_layers,
-                     n_heads=shape.n_heads, d_model=shape.d_model, d_mlp=shape.d_mlp, vocab_size=TOY_VOCAB_SIZE,
+                     n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads, d_model=shape.d_model, d_mlp=shape.d_mlp,
+                     vocab_size=TOY_VOCAB_SIZE,
                      steps=TOY_SCHEDULE, tokens_per_step=TOY_TOKENS_PER_STEP, context_length=TOY_CONTEXT,
                      train_seq_len=TOY_SEQ_LEN,
                      edition=f"toy-{TOY_EDITION}", seed_of=variant.base if variant.kind else "",
@@ -361,7 +363,8 @@ def _listed_suite(name: str, description: str, models: dict, family: str) -> Sui
     for model, (hf_id, layers, d, heads, kv, params, per_step, file) in models.items():
         steps, revisions, tokens = families.read_revisions(file, family)
         suite.models[model] = ModelSpec(
-            name=model, hf_id=hf_id, n_params=params, n_layers=layers, n_heads=heads, d_model=d, steps=steps,
+            name=model, hf_id=hf_id, n_params=params, n_layers=layers, n_heads=heads,
+            n_kv_heads=kv if kv != heads else 0, d_model=d, steps=steps,
             tokens_per_step=per_step, context_length=4096, revisions=revisions,
             step_tokens=tokens if any(tokens) else ())
     suite.schedules["all"] = next(iter(suite.models.values())).steps
