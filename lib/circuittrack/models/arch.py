@@ -107,9 +107,9 @@ class ArchAdapter(ABC):
         self._final_ln = get_path(model, self.final_ln_path)
 
     # ----- sizes -----------------------------------------------------------------------------------
-    @abstractmethod
     def _parallel(self, cfg) -> bool:
-        """Whether attention and MLP read the same residual (parallel blocks)."""
+        """Whether attention and MLP read the same residual (parallel blocks; GPT-NeoX may, the others do not)."""
+        return False
 
     def _extra_paths(self) -> dict[str, str]:
         """More per-layer modules an adapter needs (name -> dotted path)."""
@@ -338,9 +338,6 @@ class GPT2Adapter(ArchAdapter):
     final_ln_path = "transformer.ln_f"
     attn_path = "attn"
 
-    def _parallel(self, cfg) -> bool:
-        return False
-
     def qkv_params(self, layer: int) -> tuple[Tensor, Tensor]:
         conv = self._layers[layer]["qkv"]
         H, dh, d = self.n_heads, self.d_head, self.d_model
@@ -376,9 +373,6 @@ class LlamaAdapter(ArchAdapter):
     final_ln_path = "model.norm"
     attn_path = "self_attn"
     norm = "rmsnorm"
-
-    def _parallel(self, cfg) -> bool:
-        return False
 
     def proj_params(self, layer: int, t: int) -> tuple[Tensor, Tensor]:
         lin = self._layers[layer]["qkv"[t]]
