@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from circuittrack.circuits.graph import Graph
 from circuittrack.errors import CircuittrackError, InvalidInput
 from circuittrack.sweeps import export as ex
@@ -324,3 +325,19 @@ def test_a_real_sweep_exports_and_its_eap_ig_file_matches_the_scores(tmp_path):
     assert set(d["edges"]) == set(every["edge"])
     assert np.array_equal(np.array([d["edges"][n]["score"] for n in every["edge"]], dtype="float32"),
                           every["score"].to_numpy())
+
+
+def test_grouped_query_circuits_count_nodes_as_the_sweep_does_and_have_no_eap_ig_file():
+    from circuittrack.circuits.selection import count_nodes
+
+    g = Graph(2, 4, False, 2)
+    names = ["input->a0.kv1<k>", "a0.h2->logits", "a0.h3->a1.kv0<v>", "a1.h1->logits"]
+    mask = torch.zeros(g.n_src, g.n_dst, dtype=torch.bool)
+    for n in names:
+        mask[g.parse_edge(n)] = True
+    nodes = ex._touched_nodes(g, names)
+    assert nodes == ["input", "a0.h2", "a0.h3", "a1.h0", "a1.h1", "logits"] and len(nodes) == int(count_nodes(g, mask))
+    export = {"schema": ex.SCHEMA, "checkpoints": [{"step": 1, "edges": [], "nodes": [], "edges_complete": False}],
+              "graph": {"n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "parallel_attn_mlp": False, "d_model": 8}}
+    with pytest.raises(CircuittrackError, match="no exact EAP-IG file"):
+        ex.to_eap_ig(export)

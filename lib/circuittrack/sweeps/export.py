@@ -164,14 +164,28 @@ def model_graph(suite: str, model: str, total_edges: int | None = None):
         raise CircuittrackError(f"the {suite} suite does not know the shape of {model!r} in this process (register "
                                 "it with circuittrack.models.suites.register_hf_model first), so its graph is "
                                 "unknown")
-    L, H = spec.n_layers, spec.n_heads
-    if total_edges is None or total_edges == count_edges(L, H, True):
-        return Graph(L, H, True), spec.d_model
-    if total_edges == count_edges(L, H, False):
-        return Graph(L, H, False), spec.d_model
-    raise CircuittrackError(f"stored circuits of {model} have {total_edges} edges in all, which no {L}-layer, "
-                            f"{H}-head graph has ({count_edges(L, H, True)} parallel, {count_edges(L, H, False)} "
+    L, H, G = spec.n_layers, spec.n_heads, spec.n_kv_heads or None
+    if total_edges is None or total_edges == count_edges(L, H, True, G):
+        return Graph(L, H, True, G), spec.d_model
+    if total_edges == count_edges(L, H, False, G):
+        return Graph(L, H, False, G), spec.d_model
+    shape = f"{L}-layer, {H}-head" + (f", {G} key/value-head" if G else "")
+    raise CircuittrackError(f"stored circuits of {model} have {total_edges} edges in all, which no {shape} graph "
+                            f"has ({count_edges(L, H, True, G)} parallel, {count_edges(L, H, False, G)} "
                             "sequential): the suite's shape of the model changed since they were stored")
+
+
+def _touched_nodes(graph, edge_names) -> list[str]:
+    """The nodes a circuit's edges touch, in topological order, as the sweep counted them (a key/value group's
+    k or v input touches every head of the group)."""
+    import torch
+
+    from circuittrack.circuits.selection import circuit_nodes
+
+    mask = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
+    for name in edge_names:
+        mask[graph.parse_edge(name)] = True
+    return circuit_nodes(graph, mask)
 
 
 def node_names(graph) -> list[str]:
@@ -254,9 +268,7 @@ def _checkpoint(meta: dict, summary, graph, circuit_only: bool) -> dict:
         rank = inside[name][1] if name in inside else None
         out.append({"source": source, "target": target, "score": score, "greedy_rank": rank,
                     "in_circuit": name in inside})
-    touched = {e["source"] for e in out if e["in_circuit"]} | {e["target"].split("<")[0]
-                                                               for e in out if e["in_circuit"]}
-    entry["nodes"] = [n for n in node_names(graph) if n in touched]
+    entry["nodes"] = _touched_nodes(graph, inside)
     for field, count in (("n_edges", len(inside)), ("n_nodes", len(entry["nodes"]))):
         if entry[field] is not None and entry[field] != count:
             raise CircuittrackError(f"circuit job {meta['key']}: its summary records {entry[field]} "
@@ -292,7 +304,7 @@ def export_circuits(store: str | Path | Store | None, suite: str | None, model: 
             "checkpoints": [_checkpoint(m, summaries[m["key"]], graph, circuit_only) for m in records],
             "graph": {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "qkv": True,
                       "parallel_attn_mlp": graph.parallel_attn_mlp, "d_model": d_model, "n_edges": graph.n_edges,
-                      "nodes": node_names(graph)}}
+                      "nodes": node_names(graph), **({"n_kv_heads": graph.n_kv_heads} if graph.grouped else {})}}
 
 
 # ----- EAP-IG's graph JSON ----------------------------------------------------------------------------------
@@ -322,6 +334,12 @@ def to_eap_ig(export: dict, step: int | None = None) -> dict:
     out of the graph)."""
     from circuittrack.circuits.graph import Graph
 
+    if isinstance(export, dict) and isinstance(export.get("graph"), dict) and export["graph"].get("n_kv_heads"):
+        g = export["graph"]
+        raise CircuittrackError(f"this circuit's graph has grouped key/value heads ({g['n_kv_heads']} for "
+                                f"{g.get('n_heads')} query heads: k and v inputs per group); EAP-IG's graph has k "
+                                "and v inputs per query head, so there is no exact EAP-IG file of it; use the "
+                                "circuittrack format")
     _check_schema(export, "the export")
     points = export["checkpoints"]
     if step is None:
