@@ -194,8 +194,8 @@ def clean_pass(model, tokens: Tensor, layers: Sequence[int]) -> CleanPass:
     final: dict[str, Tensor] = {}
 
     def on_qkv(l, t, x):
-        if t == 2 and l in want:
-            v[l] = x.float()
+        if t == 2 and l in want:  # each query head's values: its key/value group's (grouped-query attention)
+            v[l] = x.float().repeat_interleave(a.n_heads // a.n_kv_heads, dim=2)
 
     hooks = Hooks(attn_in=lambda l, x: resid.__setitem__(l, x.float()) if l in want else None, qkv=on_qkv,
                   z=lambda l, x: z.__setitem__(l, x.float()) if l in want else None,
@@ -205,9 +205,7 @@ def clean_pass(model, tokens: Tensor, layers: Sequence[int]) -> CleanPass:
         logits = runner.forward(ids, hooks)
         patterns = attention_patterns(model, ids, layers)
     eps = a.ln_final()[2]
-    x = final["x"]
-    spread = x.var(-1, unbiased=False, keepdim=True) if a.final_norm == "layernorm" else x.pow(2).mean(-1, keepdim=True)
-    scale = (spread + eps).sqrt()
+    scale = (a.norm_spread(final["x"], a.final_norm)[..., None] + eps).sqrt()
     log_probs = logits.float().log_softmax(-1)
     return CleanPass(ids, logits, resid, v, z, {l: p for l, p in zip(layers, patterns)}, scale, log_probs,
                      log_probs.exp())
@@ -331,8 +329,7 @@ def head_kls(clean: CleanPass, arch: ArchAdapter, unembed: Unembedding, layer: i
     ``mean``: the head's per-position mean output [>= P, d]."""
     mean = mean[: clean.tokens.shape[1]]
     orig = head_outputs(arch, layer, clean.z[layer], [head])[:, :, 0]
-    v = clean.v[layer].repeat_interleave(arch.n_heads // arch.n_kv_heads, dim=2)  # each head its group's values
-    out = head_outputs(arch, layer, v, [head])[:, :, 0]  # what each source would send, A = 1
+    out = head_outputs(arch, layer, clean.v[layer], [head])[:, :, 0]  # what each source would send, A = 1
     cspa = cspa_head_result(clean.patterns[layer][:, head], out, mean, sources.directions, sources.keep, ov,
                             only_negative)
     change = unembed.logits_change(torch.stack([mean.expand_as(orig) - orig, cspa - orig]), clean.final_scale)

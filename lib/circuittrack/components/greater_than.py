@@ -53,7 +53,7 @@ def direct_year_logits(arch, outputs: torch.Tensor, final: torch.Tensor, year_id
     w, _, eps = arch.ln_final()
     final = final.float()
     layernorm = arch.final_norm == "layernorm"
-    scale = ((final.var(-1, unbiased=False) if layernorm else final.pow(2).mean(-1)) + eps).rsqrt()  # [n]
+    scale = (arch.norm_spread(final, arch.final_norm) + eps).rsqrt()  # [n]
     scale = scale.view(-1, *([1] * (outputs.dim() - 1)))
     centred = outputs.float() - outputs.float().mean(-1, keepdim=True) if layernorm else outputs.float()
     W = arch.unembed_weight().float()[year_ids.to(arch.device)]  # [100, d]

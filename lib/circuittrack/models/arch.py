@@ -188,6 +188,12 @@ class ArchAdapter(ABC):
         """Kind of the final norm: "layernorm" or "rmsnorm"."""
         return "layernorm" if self.norm == "layernorm" else "rmsnorm"
 
+    def norm_spread(self, x: Tensor, kind: str | None = None) -> Tensor:
+        """[...]: what a norm of ``kind`` (default :attr:`norm`) divides ``x`` [..., d] by, squared and before eps:
+        the variance (LayerNorm) or the mean square (RMSNorm), in float32."""
+        x = x.float()
+        return x.var(-1, unbiased=False) if (kind or self.norm) == "layernorm" else x.pow(2).mean(-1)
+
     def normalize(self, x: Tensor, params: tuple[Tensor, Tensor, float], kind: str | None = None) -> Tensor:
         """``x`` [..., d] through a norm with ``params`` (weight, bias, eps) of ``kind`` (default :attr:`norm`),
         in float32."""
@@ -197,7 +203,7 @@ class ArchAdapter(ABC):
         if kind == "layernorm":
             return torch.nn.functional.layer_norm(x, x.shape[-1:], w.float(), b.float(), eps)
         if kind == "rmsnorm":
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.float()
+            return x * torch.rsqrt(self.norm_spread(x, kind)[..., None] + eps) * w.float()
         return x
 
     def qkv_params(self, layer: int) -> tuple[Tensor, Tensor]:
@@ -437,11 +443,6 @@ class Olmo2Adapter(LlamaAdapter):
     def _extra_paths(self) -> dict[str, str]:
         return {"attn": self.attn_path, "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm",
                 "post_attn": "post_attention_layernorm", "post_mlp": "post_feedforward_layernorm"}
-
-    def ln1(self, layer: int) -> tuple[Tensor, Tensor, float]:
-        return self._ln(None, self._final_ln.weight)
-
-    ln2 = ln1
 
     def position_qk(self, q: Tensor, k: Tensor, attn_kwargs: dict, layer: int = 0) -> tuple[Tensor, Tensor]:
         mods = self._layers[layer]
