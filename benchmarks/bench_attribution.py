@@ -13,8 +13,15 @@ Baselines (same examples, same batch size):
 * ``fwd+bwd (activations only)``: parameters frozen, gradient w.r.t. the input embeddings only, logits at the
   answer positions only: the least a gradient pass can cost, i.e. the floor for one EAP-IG step.
 
-The IG methods stack their m interpolation points along the batch (``ig_batch="auto"``); a last row runs them one
-pass per point (``ig_batch=1``, the kernel before stacking) in the same run, for the ratio between the two.
+The IG methods stack their m interpolation points along the batch (``ig_batch="auto"``: on an accelerator only); a
+row runs them one pass per point (``ig_batch=1``) in the same run, for the ratio between the two. Every kernel row
+reuses the positions that clean and corrupted prompts share (the prefix before the first changed token runs once
+per batch, see ``circuittrack.circuits.sources.shared_prefix``); the last row runs every position in every pass
+(``reuse_prefix=False``, the kernel before prefix reuse), for the ratio between the two.
+
+Data: random tokens with two positions changed (P // 3 and P // 2), or with ``--task ioi`` (etc.) the task's own
+prompts from the model directory's tokenizer (``--model-path``), ``--n-examples`` of them (seed 0); the baselines
+then run the same prompts (right-padded to the longest).
 
 ``--shape olmo2-1b`` or ``llama-gqa-1b`` benchmarks a random model with that graph at hidden 256 (see
 bench_circuits.py; the transformer_lens backend does not run them).
@@ -108,6 +115,22 @@ def make_data(vocab: int, n: int, P: int, seed: int = 0):
                     answer_pos=lengths - 1, answer_tokens=torch.tensor([11, 12]), answer_sign=sign)
 
 
+def task_data(spec: dict, n: int, seed: int):
+    """``n`` prompts of the task ``spec["task"]`` from the tokenizer in ``spec["model_path"]``."""
+    from transformers import AutoTokenizer
+
+    from circuittrack.tasks.registry import get_task
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_path"])
+    return get_task(spec["task"]).make(tokenizer, n=n, seed=seed)
+
+
+def trimmed(b):
+    """A batch without the padding after its longest prompt (what the kernels run; no-op on random data)."""
+    end = int(b.lengths.max())
+    return b if end == b.clean.shape[1] else b.columns(0, end)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -149,7 +172,10 @@ def worker(spec: dict) -> dict:
 
     dev = spec["device"]
     model = load_model(spec)
-    data = make_data(model.config.vocab_size, spec["n_examples"], spec["seq_len"])
+    if spec.get("task"):
+        data = task_data(spec, spec["n_examples"], 0)
+    else:
+        data = make_data(model.config.vocab_size, spec["n_examples"], spec["seq_len"])
     bs, n = spec["batch_size"], spec["n_examples"]
     case = spec["case"]
     runner = get_runner(spec["backend"], model) if case == "attribute" else None
@@ -157,7 +183,7 @@ def worker(spec: dict) -> dict:
     def run() -> None:
         if case == "fwd_bwd_default":
             for b in data.batches(bs):
-                b = b.to(dev)
+                b = trimmed(b.to(dev))
                 model.zero_grad(set_to_none=False)
                 loss = -metric(model(input_ids=b.clean, use_cache=False).logits, b).sum() / n
                 loss.backward()
@@ -165,7 +191,7 @@ def worker(spec: dict) -> dict:
             for p in model.parameters():
                 p.requires_grad_(False)
             for b in data.batches(bs):
-                b = b.to(dev)
+                b = trimmed(b.to(dev))
                 e = model.get_input_embeddings()(b.clean).detach().requires_grad_()
                 logits = model(inputs_embeds=e, use_cache=False, logits_to_keep=b.answer_pos[:, None]).logits[:, 0]
                 torch.autograd.grad(-metric_per_example(logits, b).sum() / n, [e])
@@ -173,7 +199,7 @@ def worker(spec: dict) -> dict:
                 p.requires_grad_(True)
         else:
             attribute(runner, None, data, spec["method"], ig_steps=spec["ig_steps"], batch_size=bs, progress=False,
-                      ig_batch=spec.get("ig_batch", "auto"))
+                      ig_batch=spec.get("ig_batch", "auto"), reuse_prefix=spec.get("reuse_prefix", True))
 
     _sync(dev)
     if dev.startswith("cuda"):
@@ -182,7 +208,8 @@ def worker(spec: dict) -> dict:
     else:
         sampler = RSSPeak()
     # warm-up on one batch (allocator, kernels, lazy imports): timed separately, included in peak memory
-    warm = make_data(model.config.vocab_size, min(bs, n), spec["seq_len"], 1)
+    warm = (task_data(spec, min(bs, n), 1) if spec.get("task")
+            else make_data(model.config.vocab_size, min(bs, n), spec["seq_len"], 1))
     if case == "attribute":
         attribute(runner, None, warm, spec["method"], ig_steps=1, batch_size=bs, progress=False)
     else:
@@ -214,6 +241,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n-examples", type=int, default=32)
     ap.add_argument("--ig-steps", type=int, default=30)
     ap.add_argument("--method", default="eap-ig-inputs")
+    ap.add_argument("--task", default=None, help="the task's own prompts instead of random tokens (needs --model-path)")
     ap.add_argument("--backends", default="torch,nnsight,transformer_lens")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--repeats", type=int, default=1)
@@ -226,18 +254,23 @@ def main(argv=None) -> None:
     for k in ("batch_size", "seq_len", "n_examples", "ig_steps", "repeats"):
         if getattr(args, k) < 1:
             raise SystemExit(f"--{k.replace('_', '-')} must be >= 1")
+    if args.task and not args.model_path:
+        raise SystemExit("--task needs --model-path (the task's prompts come from the model's tokenizer)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
     backends = [b for b in args.backends.split(",") if b]
     base = dict(model_path=args.model_path, shape=args.shape, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                 seq_len=args.seq_len, n_examples=args.n_examples, ig_steps=args.ig_steps, method=args.method,
-                threads=args.threads, repeats=args.repeats, backend="torch")
+                threads=args.threads, repeats=args.repeats, backend="torch", task=args.task)
     cases = [("fwd+bwd (HF default)", dict(base, case="fwd_bwd_default")),
              ("fwd+bwd (activations only)", dict(base, case="fwd_bwd_activations"))]
     cases += [(f"{args.method} m={args.ig_steps} [{b}]", dict(base, case="attribute", backend=b)) for b in backends]
     if args.method.startswith("eap-ig") and "torch" in backends:  # the one-pass-per-point kernel, side by side
         cases.append((f"{args.method} m={args.ig_steps} [torch, 1 point/pass]",
                       dict(base, case="attribute", backend="torch", ig_batch=1)))
+    if "torch" in backends:  # every position in every pass: the kernel before prefix reuse, side by side
+        cases.append((f"{args.method} m={args.ig_steps} [torch, every position]",
+                      dict(base, case="attribute", backend="torch", ig_batch=1, reuse_prefix=False)))
     rows = []
     for name, spec in cases:
         out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,

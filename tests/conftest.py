@@ -56,16 +56,17 @@ def _randomise_norms(model, seed: int) -> None:
 
 
 def make_task(vocab: int = VOCAB, n: int = 6, P: int = 7, kind: str = "logit_diff", seed: int = 0,
-              n_changed: int = 2) -> TaskData:
-    """Right-padded clean/corrupted prompts of varying length differing in ``n_changed`` positions;
-    two answer tokens with signs +1/-1 (swapped for half the examples)."""
+              n_changed: int = 2, shared: int = 0) -> TaskData:
+    """Right-padded clean/corrupted prompts of varying length differing in ``n_changed`` positions (none of the
+    first ``shared``, which clean and corrupted then share); two answer tokens with signs +1/-1 (swapped for half
+    the examples)."""
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(3, vocab, (n, P), generator=g)
     corrupted = clean.clone()
     lengths = torch.randint(P - 2, P + 1, (n,), generator=g)
     lengths[0] = P
     for i in range(n):
-        pos = torch.randperm(int(lengths[i]) - 1, generator=g)[:n_changed]
+        pos = shared + torch.randperm(int(lengths[i]) - 1 - shared, generator=g)[:n_changed]
         corrupted[i, pos] = torch.randint(3, vocab, (len(pos),), generator=g)
         clean[i, lengths[i]:] = 0
         corrupted[i, lengths[i]:] = 0

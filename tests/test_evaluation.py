@@ -246,11 +246,11 @@ class ShortOfMemory:
     def __init__(self, runner, max_rows: int):
         self.runner, self.max_rows, self.sizes = runner, max_rows, []
 
-    def __call__(self, ids, hooks=None, positions=None):
+    def __call__(self, ids, hooks=None, positions=None, **kw):
         self.sizes.append(ids.shape[0])
         if ids.shape[0] > self.max_rows:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.forward(ids, hooks, positions)
+        return self.forward(ids, hooks, positions, **kw)
 
 
 def test_out_of_memory_halves_and_retries_then_fails_clearly(neox_parallel, monkeypatch, capsys):

@@ -59,7 +59,8 @@ from torch import Tensor
 from circuittrack.circuits.exact import exact_scores
 from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.memory import check_size, oom_retry, plan_attribution
-from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, repeat_data, source_hooks
+from circuittrack.circuits.sources import (answer_metric, check_inputs, device_batches, f32, repeat_data,
+                                          prefix_groups, source_hooks)
 from circuittrack import options
 from circuittrack.errors import InvalidInput, choices
 from circuittrack.models.hooks import Hooks, merge_hooks
@@ -73,7 +74,7 @@ METHODS = options.METHODS
 def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-inputs", ig_steps: int = 30,
               batch_size: int | str = "auto", backend: str = DEFAULT_BACKEND,
               device: torch.device | str | None = None, dtype: torch.dtype | None = None, progress: bool = True,
-              edge_batch: int | None = None, ig_batch: int | str = "auto") -> Tensor:
+              edge_batch: int | None = None, ig_batch: int | str = "auto", reuse_prefix: bool = True) -> Tensor:
     """Edge scores [n_src, n_dst] (float32, CPU; zero where ``graph.edge_mask`` is False).
 
     ``model``: a HF causal LM, a ``TransformerBridge``, an nnsight model or a
@@ -88,6 +89,9 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
     them on an accelerator (up to 256 rows a pass; fewer where memory asks, halved first on out-of-memory) and
     not on the CPU, where it does not pay (:data:`circuittrack.circuits.memory.ACCELERATOR_ROWS`); an int stacks
     that many. Scores are the same either way (to float rounding: 1e-6 relative).
+    ``reuse_prefix``: run the first positions where every clean and corrupted prompt of a batch agree once, not
+    in every pass (:func:`~circuittrack.circuits.sources.prefix_groups`; the torch and nnsight backends); the
+    scores are the same (their activation differences are zero there), to float rounding.
 
     Memory per batch: one forward/backward's activations (parameters frozen, answer-position logits only)
     plus 4 * B * P * d * (n_src + 4 L + 1) bytes of float32 state (AD and the gradient accumulators).
@@ -105,19 +109,21 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
         return exact_scores(runner, graph, data, batch_size=size, edge_batch=edge_batch, progress=progress)
     steps = ig_steps if method.startswith("eap-ig") else 1
     plan = plan_attribution(runner, graph, data, batch_size, steps, ig_batch)
-    return oom_retry(lambda b: _attribute(runner, graph, data, method, ig_steps, b.examples, progress, b.circuits),
+    return oom_retry(lambda b: _attribute(runner, graph, data, method, ig_steps, b.examples, progress, b.circuits,
+                                          reuse_prefix),
                      plan, f"{method} attribution", runner.device, second="interpolation point")
 
 
 def _attribute(runner: Runner, graph: Graph, data: TaskData, method: str, m: int, batch_size: int,
-               progress: bool, steps_per_pass: int = 1) -> Tensor:
+               progress: bool, steps_per_pass: int = 1, reuse_prefix: bool = True) -> Tensor:
     n = len(data)
     dev = runner.device
     scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
     bar = progress_bar(progress, math.ceil(n / batch_size), f"{method} ({runner.backend})", unit="batch")
     with runner.session():
         for batch in device_batches(data, batch_size, dev):
-            _BATCH_METHODS[method](runner, graph, batch, n, m, scores, steps_per_pass)
+            for part, group, _ in prefix_groups(runner, batch, reuse_prefix):
+                _BATCH_METHODS[method](part, graph, group, n, m, scores, steps_per_pass)
             bar.update(1)
     bar.close()
     return (scores * graph.edge_mask.to(dev)).cpu()

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.memory import Batching, check_size, oom_retry, plan_evaluation
-from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, f32, head_outputs, repeat_data
+from circuittrack.circuits.sources import (answer_metric, check_inputs, device_batches, f32, head_outputs, repeat_data,
+                                          prefix_groups)
 from circuittrack.errors import InvalidInput
 from circuittrack.models.hooks import Hooks
 from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
@@ -89,13 +90,16 @@ def _evaluate(runner: Runner, graph: Graph, data: TaskData, masks: Tensor, b: Ba
     with runner.session(), torch.no_grad():
         start = 0
         for batch in device_batches(data, b.examples, dev):
-            run = record_corrupted(runner, graph, batch, needed.nonzero().flatten(),
-                                   with_inputs=any(form == CIRCUIT for form, _ in groups))
+            # the positions after those clean and corrupted share, by groups of rows
+            parts = [(part, group, start + cols, record_corrupted(part, graph, group, needed.nonzero().flatten(),
+                                                                  with_inputs=any(f == CIRCUIT for f, _ in groups)))
+                     for part, group, cols in prefix_groups(runner, batch)]
             for form, idx in groups:
                 for c0 in range(0, len(idx), b.circuits):
                     rows = idx[c0:c0 + b.circuits]
                     sel = (masks if form == CIRCUIT else patched)[rows]
-                    out[rows, start:start + len(batch)] = patched_metric(runner, graph, batch, run, sel, form)
+                    for part, group, cols, run in parts:
+                        out[rows[:, None], cols[None, :]] = patched_metric(part, graph, group, run, sel, form)
                     bar.update(1)
             start += len(batch)
     bar.close()

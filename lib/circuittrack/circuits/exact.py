@@ -15,7 +15,7 @@ from torch import Tensor
 from circuittrack.circuits.evaluation import COMPLEMENT, patched_metric, record_corrupted
 from circuittrack.circuits.graph import Graph
 from circuittrack.circuits.memory import Batching
-from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches
+from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, prefix_groups
 from circuittrack.models.runners import DEFAULT_BACKEND, get_runner
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
@@ -41,14 +41,17 @@ def exact_scores(model, graph: Graph | None, data: TaskData, batch_size: int = 3
     bar = progress_bar(progress, math.ceil(n / batch_size) * math.ceil(E / edge_batch), "exact")
     with runner.session(), torch.no_grad():
         for batch in device_batches(data, batch_size, dev):
-            corr = record_corrupted(runner, graph, batch, torch.arange(graph.n_src), with_inputs=False)
-            clean = answer_metric(runner.forward(batch.clean, None, batch.answer_pos), batch)  # [B]
+            parts = []
+            for part, group, _ in prefix_groups(runner, batch):
+                corr = record_corrupted(part, graph, group, torch.arange(graph.n_src), with_inputs=False)
+                parts.append((part, group, corr, answer_metric(part.forward(group.clean, None, group.answer_pos), group)))
             for e0 in range(0, E, edge_batch):
                 e1 = min(e0 + edge_batch, E)
                 patch = torch.zeros(e1 - e0, graph.n_src, graph.n_dst, dtype=torch.bool, device=dev)
                 patch[torch.arange(e1 - e0, device=dev), src[e0:e1], dst[e0:e1]] = True
-                m = patched_metric(runner, graph, batch, corr, patch, COMPLEMENT)  # [k, B]
-                delta[e0:e1] += (clean[None] - m).sum(1)
+                for part, group, corr, clean in parts:
+                    m = patched_metric(part, graph, group, corr, patch, COMPLEMENT)  # [k, B]
+                    delta[e0:e1] += (clean[None] - m).sum(1)
                 bar.update(1)
     bar.close()
     scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)

@@ -38,7 +38,7 @@ import torch
 
 from circuittrack.circuits.evaluation import evaluate_circuits
 from circuittrack.circuits.graph import QKV, Graph
-from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches
+from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, prefix_groups
 from circuittrack.errors import InvalidInput
 from circuittrack.models.hooks import Hooks
 from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
@@ -173,26 +173,30 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
     bar = progress_bar(progress, -(-len(data) // size) * len(heads), "path patching", unit="sender")
     with runner.session(), torch.no_grad():
         for batch in device_batches(data, size, runner.device):
-            z_clean, z_corr, out_clean = {}, {}, {}
-            record = recording_z(z_clean)
-            if a.post_norm:
-                record.attn_out = lambda l, x: out_clean.__setitem__(l, x.detach())
-            clean = answer_metric(runner.forward(batch.clean, record, batch.answer_pos), batch)
-            corrupted = answer_metric(runner.forward(batch.corrupted, recording_z(z_corr), batch.answer_pos), batch)
-            for k, group in enumerate(heads):
-                frozen = _frozen_heads(a, z_clean, z_corr, group, out_clean)
-                if into_logits:
-                    logits = runner.forward(batch.clean, frozen, batch.answer_pos)
-                else:
-                    resid: dict[int, torch.Tensor] = {}
-                    layers = {l for l, _, _ in receivers}
-                    frozen.attn_in = lambda l, x: resid.__setitem__(l, x.detach()) if l in layers else None
-                    runner.forward(batch.clean, frozen)
-                    logits = runner.forward(batch.clean, _receiving(a, resid, receivers), batch.answer_pos)
-                total[k] += float(answer_metric(logits, batch).double().sum())
+            parts = []  # the positions after those clean and corrupted share, by groups of rows
+            for part, group, _ in prefix_groups(runner, batch):
+                z_clean, z_corr, out_clean = {}, {}, {}
+                record = recording_z(z_clean)
+                if a.post_norm:
+                    record.attn_out = lambda l, x, out=out_clean: out.__setitem__(l, x.detach())
+                clean = answer_metric(part.forward(group.clean, record, group.answer_pos), group)
+                corrupted = answer_metric(part.forward(group.corrupted, recording_z(z_corr), group.answer_pos), group)
+                total[-2] += float(clean.double().sum())
+                total[-1] += float(corrupted.double().sum())
+                parts.append((part, group, z_clean, z_corr, out_clean))
+            for k, heads_k in enumerate(heads):
+                for part, group, z_clean, z_corr, out_clean in parts:
+                    frozen = _frozen_heads(a, z_clean, z_corr, heads_k, out_clean)
+                    if into_logits:
+                        logits = part.forward(group.clean, frozen, group.answer_pos)
+                    else:
+                        resid: dict[int, torch.Tensor] = {}
+                        layers = {l for l, _, _ in receivers}
+                        frozen.attn_in = lambda l, x, r=resid: r.__setitem__(l, x.detach()) if l in layers else None
+                        part.forward(group.clean, frozen)
+                        logits = part.forward(group.clean, _receiving(a, resid, receivers), group.answer_pos)
+                    total[k] += float(answer_metric(logits, group).double().sum())
                 bar.update(1)
-            total[-2] += float(clean.double().sum())
-            total[-1] += float(corrupted.double().sum())
     bar.close()
     return total / len(data)
 

@@ -15,6 +15,7 @@ from circuittrack.circuits.graph import Graph
 from circuittrack.errors import InvalidInput
 from circuittrack.models.hooks import Hooks
 from circuittrack.models.runners import Runner
+from circuittrack.models.runners.runner import PrefixedRunner
 from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.metrics import metric_per_example
 
@@ -88,6 +89,64 @@ def device_batches(data: TaskData, batch_size: int, device: torch.device):
     """Consecutive example batches, moved to ``device``."""
     for b in data.batches(batch_size):
         yield b.to(device)
+
+
+#: What one more pass costs beyond its rows, in row x position units: a batch is split into groups by the length
+#: of the prefix its prompts share only where that saves more. On the CPU a pass costs about its rows x positions
+#: (toy-l: a pass of 32 x 24 takes 40 ms, one of 1 x 1 about 2 ms); on an accelerator a small pass costs about as
+#: much as a large one (kernel launches), so batches are split there only for long shared prefixes.
+PASS_COST = {"cpu": 64, "accelerator": 1 << 14}
+
+
+def prefix_groups(runner: Runner, batch: TaskData, reuse: bool = True) -> list[tuple[Runner, TaskData, Tensor]]:
+    """The passes a kernel runs for ``batch``: (runner, the positions to run, the batch rows they hold).
+
+    Positions after every prompt's last real token are dropped (right padding: no earlier position sees them).
+    With ``reuse`` (and a runner that :attr:`~circuittrack.models.runners.runner.Runner.supports_prefix`), so are
+    each prompt's first positions where its clean and corrupted versions agree, up to its answer position: their
+    activations are the same in the clean, the corrupted and every patched or interpolated run (attention is
+    causal, and every intervention mixes clean and corrupted values), so their activation differences, and with
+    them every edge score and patched-metric contribution there, are zero. Their keys and values are computed
+    once (:meth:`~circuittrack.models.runners.runner.Runner.encode_prefix`) and the returned runner continues
+    every pass after them. Rows are grouped by that prefix length (contiguous runs of the sorted lengths) where a
+    pass more costs less than the positions it saves (:data:`PASS_COST`). On IOI (the corrupted prompt changes
+    S2, late in the sentence) this skips most positions of every pass."""
+    n, P = batch.clean.shape
+    ends = batch.lengths.cpu()
+    rows = torch.arange(n)
+    if not (reuse and runner.supports_prefix):
+        end = int(ends.max())
+        return [(runner, batch if end == P else batch.columns(0, end), rows.to(batch.clean.device))]
+    differ = (batch.clean != batch.corrupted).cpu()
+    first = torch.where(differ.any(1), differ.to(torch.int8).argmax(1), ends)
+    starts = torch.minimum(first, batch.answer_pos.cpu())
+    order = torch.argsort(starts, stable=True)
+    starts, ends = starts[order].tolist(), ends[order].tolist()
+    # split points: where the sorted prefix length changes; choose the cheapest set of them (dynamic programme)
+    cuts = [0] + [i for i in range(1, n) if starts[i] != starts[i - 1]] + [n]
+    fixed = PASS_COST["cpu" if torch.device(runner.device).type == "cpu" else "accelerator"]
+    best, back = [0.0] + [float("inf")] * (len(cuts) - 1), [0] * len(cuts)
+    for j in range(1, len(cuts)):
+        for i in range(j):
+            a, b = cuts[i], cuts[j]
+            cost = best[i] + fixed + (b - a) * (max(ends[a:b]) - starts[a])
+            if cost < best[j]:
+                best[j], back[j] = cost, i
+    spans, j = [], len(cuts) - 1
+    while j > 0:
+        spans.append((cuts[back[j]], cuts[j]))
+        j = back[j]
+    out = []
+    for a, b in reversed(spans):
+        idx = order[a:b].sort().values  # the group's rows in batch order
+        start, end = starts[a], max(ends[a:b])
+        sub = batch if b - a == n else batch.slice_rows(idx.to(batch.clean.device))
+        if start == 0:
+            out.append((runner, sub if end == P else sub.columns(0, end), idx.to(batch.clean.device)))
+        else:
+            prefix = runner.encode_prefix(sub.clean[:, :start])
+            out.append((PrefixedRunner(runner, prefix), sub.columns(start, end), idx.to(batch.clean.device)))
+    return out
 
 
 def repeat_data(data: TaskData, k: int) -> TaskData:

@@ -57,6 +57,27 @@ class TaskData:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return TaskData(**moved)
 
+    def columns(self, start: int, stop: int) -> TaskData:
+        """Positions ``start:stop`` of every prompt (answer positions and lengths counted from ``start``): the part
+        a kernel runs after a shared prefix, without the padding every prompt has at the end."""
+        if not 0 <= start < stop <= self.clean.shape[1]:
+            raise ValueError(f"columns {start}:{stop} outside the {self.clean.shape[1]} positions")
+        out = dict(self.__dict__, clean=self.clean[:, start:stop], corrupted=self.corrupted[:, start:stop],
+                   lengths=self.lengths - start, answer_pos=self.answer_pos - start)
+        return TaskData(**out)
+
+    def slice_rows(self, rows: torch.Tensor) -> TaskData:
+        """The examples ``rows`` (a long tensor of indices), in that order."""
+        out = {}
+        for k, v in self.__dict__.items():
+            if isinstance(v, torch.Tensor) and k != "answer_tokens":
+                out[k] = v[rows]
+            elif isinstance(v, tuple) and v:
+                out[k] = tuple(v[int(i)] for i in rows)
+            else:
+                out[k] = v
+        return TaskData(**out)
+
     def slice(self, start: int, stop: int) -> TaskData:
         """Examples ``start:stop`` (for batching); answer columns are kept."""
         out = {}

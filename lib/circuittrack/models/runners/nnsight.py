@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch, get_path, is_wrapped_by_transformer_lens
 from circuittrack.models.hooks import Hooks, intervene_input, intervene_qkv, mlp_in_callbacks
-from circuittrack.models.runners.runner import Runner
+from circuittrack.models.runners.runner import Prefix, Runner
 
 
 def wrap_nnsight(hf_model: nn.Module, tokenizer=None):
@@ -34,6 +34,7 @@ class NNsightRunner(Runner):
     """Interventions written as nnsight trace code over a plain ``nnsight.NNsight`` around the HF model."""
 
     backend = "nnsight"
+    supports_prefix = True
 
     def __init__(self, model):
         import nnsight
@@ -48,10 +49,13 @@ class NNsightRunner(Runner):
         # A plain NNsight passes token ids straight to the model (no tokenizer-side padding or masks).
         self.nn = nnsight.NNsight(hf)
 
-    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None,
+                prefix: Prefix | None = None) -> Tensor:
         h = hooks or Hooks()
         a = self.arch
         kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
+        if prefix is not None:
+            kw["past_key_values"] = prefix.cache(input_ids.shape[0])
         with self.nn.trace(input_ids, use_cache=False, **kw):
             layers = get_path(self.nn, a.layers_path)
             if h.resid0 is not None:

@@ -9,13 +9,14 @@ from torch import Tensor, nn
 from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch, get_path, is_wrapped_by_transformer_lens
 from circuittrack.models.hooks import Hooks, intervene_input, intervene_qkv, mlp_in_callbacks
-from circuittrack.models.runners.runner import Runner
+from circuittrack.models.runners.runner import Prefix, Runner
 
 
 class TorchRunner(Runner):
     """Forward/pre-forward hooks registered on the HF modules for one pass and removed afterwards."""
 
     backend = "torch"
+    supports_prefix = True
 
     def __init__(self, model: nn.Module):
         if is_wrapped_by_transformer_lens(model):
@@ -26,7 +27,8 @@ class TorchRunner(Runner):
         self._layers = list(get_path(model, a.layers_path))
         self._final_ln = get_path(model, a.final_ln_path)
 
-    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None,
+                prefix: Prefix | None = None) -> Tensor:
         h = hooks or Hooks()
         a = self.arch
         handles = []
@@ -60,6 +62,8 @@ class TorchRunner(Runner):
             if h.final_in is not None or h.final_in_grad is not None:
                 pre(self._final_ln, partial(self._final_in, h))
             kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
+            if prefix is not None:
+                kw["past_key_values"] = prefix.cache(input_ids.shape[0])
             logits = self.module(input_ids=input_ids, use_cache=False, **kw).logits
         finally:
             for hd in handles:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch
 from circuittrack.models.hooks import QKV_NAMES, Hooks, attach_grad, intervene_input, mlp_in_callbacks
-from circuittrack.models.runners.runner import Runner
+from circuittrack.models.runners.runner import Prefix, Runner
 
 _BRIDGE_KEY = "_circuittrack_tl_bridge"
 
@@ -111,7 +111,10 @@ class TransformerLensRunner(Runner):
         else:
             raise TypeError(f"TransformerLensRunner needs a HF model or a TransformerBridge, got {type(model)}")
 
-    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None,
+                prefix: Prefix | None = None) -> Tensor:
+        if prefix is not None:
+            raise NotImplementedError("the transformer_lens runner does not reuse prefixes (supports_prefix)")
         h = hooks or Hooks()
         fwd = []
         if h.attn_out is not None:
