@@ -2,7 +2,9 @@
 
 Offline (random weights; no hub). Per shape, in bfloat16 on one GPU:
 
-* EAP-IG (inputs, m = 30, its points stacked as ``ig_batch="auto"`` does on a GPU, and one point a pass) against
+* EAP-IG (inputs, m = 30, its points stacked as ``ig_batch="auto"`` does on a GPU, one point a pass, and every
+  position in every pass instead of continuing after the prompts' shared prefix: the data change positions
+  P // 3 and P // 2, as in bench_attribution.py) against
   m gradient-only passes (parameters frozen, gradient w.r.t. the input embeddings, answer-position logits) over
   the same batches: the ratios, and peak memory;
 * the greedy order over every edge and the size search to 1,600 edges (``find_circuit_size`` with
@@ -116,10 +118,13 @@ def check_shape(name: str, shape, args) -> dict:
                                                           batch_size=bs, progress=False))
     _, t_one, mem_one = timed(dev, lambda: attribute(model, graph, data, "eap-ig-inputs", ig_steps=m, batch_size=bs,
                                                      ig_batch=1, progress=False))  # one point a pass, side by side
+    _, t_all, mem_all = timed(dev, lambda: attribute(model, graph, data, "eap-ig-inputs", ig_steps=m, batch_size=bs,
+                                                     reuse_prefix=False, progress=False))  # every position a pass
     out["eap_ig"] = {"seconds": t_eap, "m_gradient_passes_seconds": t_ref, "ratio": t_eap / t_ref,
                      "peak_mb": mem_eap, "gradient_passes_peak_mb": mem_ref, "target_ratio": TARGET_EAP_RATIO,
                      "one_point_per_pass_seconds": t_one, "one_point_per_pass_ratio": t_one / t_ref,
-                     "one_point_per_pass_peak_mb": mem_one}
+                     "one_point_per_pass_peak_mb": mem_one, "every_position_seconds": t_all,
+                     "every_position_ratio": t_all / t_ref, "every_position_peak_mb": mem_all}
     order, t_greedy, _ = timed(dev, lambda: greedy_order(graph, scores.cpu()))
     out["greedy_order"] = {"seconds": t_greedy, "edges": int(len(order))}
 
@@ -239,7 +244,8 @@ def main(argv=None) -> int:
     for s in report["shapes"]:
         e, z = s["eap_ig"], s["size_search"]
         print(f"{s['shape']}: {s['edges']:,} edges; EAP-IG {e['seconds']:.1f} s = {e['ratio']:.2f}x m gradient passes"
-              f" (target <= {TARGET_EAP_RATIO}); size search {z['seconds']:.1f} s ({z['status']}, {z['calls']} calls;"
+              f" (target <= {TARGET_EAP_RATIO}; one point a pass {e['one_point_per_pass_ratio']:.2f}x, every position"
+              f" {e['every_position_ratio']:.2f}x); size search {z['seconds']:.1f} s ({z['status']}, {z['calls']} calls;"
               f" target < {TARGET_SEARCH_S:.0f} s); path patching {s['path_patching']['seconds']:.1f} s; "
               f"OOM halving {s['oom_halving']}")
     print(f"fake hub sweep: {report['fake_hub_sweep']}; total {report['seconds']:.0f} s; wrote {args.out}")

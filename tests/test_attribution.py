@@ -430,10 +430,10 @@ def test_stacked_points_halve_on_out_of_memory(neox_parallel, monkeypatch, capsy
     want = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=4, ig_batch=1, progress=False)
     forward = runner.forward
 
-    def short(ids, hooks=None, positions=None):  # at most 8 rows per pass
+    def short(ids, hooks=None, positions=None, **kw):  # at most 8 rows per pass
         if ids.shape[0] > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return forward(ids, hooks, positions)
+        return forward(ids, hooks, positions, **kw)
 
     monkeypatch.setattr(runner, "forward", short)
     got = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=4, batch_size=4, ig_batch=4, progress=False)
@@ -441,7 +441,7 @@ def test_stacked_points_halve_on_out_of_memory(neox_parallel, monkeypatch, capsy
     assert "4 interpolation points per pass; retrying with 4 x 2" in capsys.readouterr().err
 
 
-def test_points_are_stacked_by_default_on_an_accelerator_only(neox_parallel):
+def test_points_stacked_by_default_fill_256_rows_on_an_accelerator(neox_parallel):
     from types import SimpleNamespace
 
     from circuittrack.circuits.memory import plan_attribution
@@ -450,8 +450,33 @@ def test_points_are_stacked_by_default_on_an_accelerator_only(neox_parallel):
     runner = get_runner("torch", neox_parallel)
     data = make_task(n=6)
     graph = Graph.from_config(neox_parallel.config)
-    assert plan_attribution(runner, graph, data, "auto", steps=30).circuits == 1  # the CPU: one point a pass
+    assert plan_attribution(runner, graph, data, "auto", steps=30).circuits == 30  # the CPU: what memory allows
     assert plan_attribution(runner, graph, data, "auto", steps=30, ig_batch=7).circuits == 7
     fake = SimpleNamespace(device=torch.device("meta"), dtype=torch.float32, arch=runner.arch)
     plan = plan_attribution(fake, graph, data, "auto", steps=30)  # an accelerator: fill 256 rows
     assert (plan.examples, plan.circuits) == (6, 30)
+
+
+def test_on_the_cpu_only_small_passes_stack_their_points(neox_parallel, monkeypatch):
+    """``ig_batch="auto"`` on the CPU: a pass stacks as many points as fit in CPU_ROW_POSITIONS rows x positions
+    (one point a pass above that), with the one-pass-per-point scores."""
+    from circuittrack.circuits import memory
+    from circuittrack.models.runners import get_runner
+
+    data = make_task(n=6, P=7, seed=2)
+    runner = get_runner("torch", copy.deepcopy(neox_parallel))
+    want = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=6, ig_batch=1, progress=False)
+    forward, rows = runner.forward, []
+
+    def counting(ids, hooks=None, positions=None, **kw):
+        rows.append(ids.shape[0])
+        return forward(ids, hooks, positions, **kw)
+
+    monkeypatch.setattr(runner, "forward", counting)
+    for room, most in ((6 * 7 * 3, 3), (6 * 7 - 1, 1)):  # three points fit; not even one (one a pass)
+        monkeypatch.setattr(memory, "CPU_ROW_POSITIONS", room)
+        monkeypatch.setattr("circuittrack.circuits.attribution.CPU_ROW_POSITIONS", room)
+        rows.clear()
+        got = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=6, batch_size=6, progress=False,
+                        reuse_prefix=False)
+        assert max(rows) == most * 6 and rel_err(got, want) < 1e-6

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from circuittrack.circuits.exact import exact_scores
 from circuittrack.circuits.graph import Graph
-from circuittrack.circuits.memory import check_size, oom_retry, plan_attribution
+from circuittrack.circuits.memory import CPU_ROW_POSITIONS, check_size, oom_retry, plan_attribution
 from circuittrack.circuits.sources import (answer_metric, check_inputs, device_batches, f32, repeat_data,
                                           prefix_groups, source_hooks)
 from circuittrack import options
@@ -86,9 +86,10 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
     :mod:`circuittrack.circuits.memory`); on out-of-memory it is halved and the call retried.
     ``edge_batch``: single-edge patches per forward (``exact``; see :func:`circuittrack.circuits.exact.exact_scores`).
     ``ig_batch``: interpolation points stacked along the batch in one pass (the IG methods): ``"auto"`` stacks
-    them on an accelerator (up to 256 rows a pass; fewer where memory asks, halved first on out-of-memory) and
-    not on the CPU, where it does not pay (:data:`circuittrack.circuits.memory.ACCELERATOR_ROWS`); an int stacks
-    that many. Scores are the same either way (to float rounding: 1e-6 relative).
+    them on an accelerator (up to 256 rows a pass; fewer where memory asks, halved first on out-of-memory) and,
+    on the CPU, only in passes smaller than :data:`~circuittrack.circuits.memory.CPU_ROW_POSITIONS` rows x
+    positions (short prompts, or the groups of rows that continue a long shared prefix), up to that size; an int
+    stacks that many. Scores are the same either way (to float rounding: 1e-6 relative).
     ``reuse_prefix``: run the first positions where every clean and corrupted prompt of a batch agree once, not
     in every pass (:func:`~circuittrack.circuits.sources.prefix_groups`; the torch and nnsight backends); the
     scores are the same (their activation differences are zero there), to float rounding.
@@ -109,13 +110,17 @@ def attribute(model, graph: Graph | None, data: TaskData, method: str = "eap-ig-
         return exact_scores(runner, graph, data, batch_size=size, edge_batch=edge_batch, progress=progress)
     steps = ig_steps if method.startswith("eap-ig") else 1
     plan = plan_attribution(runner, graph, data, batch_size, steps, ig_batch)
+    fill = ig_batch == "auto" and torch.device(runner.device).type == "cpu"
     return oom_retry(lambda b: _attribute(runner, graph, data, method, ig_steps, b.examples, progress, b.circuits,
-                                          reuse_prefix),
+                                          reuse_prefix, fill),
                      plan, f"{method} attribution", runner.device, second="interpolation point")
 
 
 def _attribute(runner: Runner, graph: Graph, data: TaskData, method: str, m: int, batch_size: int,
-               progress: bool, steps_per_pass: int = 1, reuse_prefix: bool = True) -> Tensor:
+               progress: bool, steps_per_pass: int = 1, reuse_prefix: bool = True, fill: bool = False) -> Tensor:
+    """``fill`` (the CPU's ``"auto"``): ``steps_per_pass`` is what memory allows, and a pass of a group of rows
+    stacks only as many points as fit in :data:`~circuittrack.circuits.memory.CPU_ROW_POSITIONS` rows x
+    positions (at least one)."""
     n = len(data)
     dev = runner.device
     scores = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=dev)
@@ -123,7 +128,9 @@ def _attribute(runner: Runner, graph: Graph, data: TaskData, method: str, m: int
     with runner.session():
         for batch in device_batches(data, batch_size, dev):
             for part, group, _ in prefix_groups(runner, batch, reuse_prefix):
-                _BATCH_METHODS[method](part, graph, group, n, m, scores, steps_per_pass)
+                points = min(steps_per_pass, max(1, CPU_ROW_POSITIONS // group.clean.numel())) if fill \
+                    else steps_per_pass
+                _BATCH_METHODS[method](part, graph, group, n, m, scores, points)
             bar.update(1)
     bar.close()
     return (scores * graph.edge_mask.to(dev)).cpu()

@@ -27,6 +27,11 @@ DEFAULT_CIRCUITS = 8
 #: row as larger ones (toy-l, B = 32: 3.6 s one point per pass, 3.4 s two, 4.8 s all 30), so points are not
 #: stacked there. Not yet measured on a GPU (benchmarks/gpu_check.sh reports both).
 ACCELERATOR_ROWS = 256
+#: On the CPU a pass costs about 6 ms plus 80 us per row x position (toy-l; see
+#: :data:`circuittrack.circuits.sources.PASS_COST`): stacking points pays only for passes well below this size, and
+#: ``"auto"`` fills smaller ones up to it (one pass of 32 x 24 with two points stacked was 6% faster than two passes;
+#: four or more were slower).
+CPU_ROW_POSITIONS = 1536
 BUDGET_FRACTION = 0.6
 
 
@@ -62,7 +67,7 @@ def _shrink(plan: Batching, need, budget: float) -> Batching:
 def plan_attribution(runner, graph: Graph, data, batch_size, steps: int = 1, ig_batch="auto") -> Batching:
     """Examples per attribution batch and interpolation points per pass (``Batching.circuits``: the IG steps
     stacked along the batch; by default on an accelerator enough for :data:`ACCELERATOR_ROWS` rows, on the CPU
-    one). Working memory per example = the float32 edge state
+    the most memory allows, of which the kernel uses only what fills :data:`CPU_ROW_POSITIONS`). Working memory per example = the float32 edge state
     (activation differences and gradient accumulators, (n_src + 4L + 1) P d) plus, per stacked point, one
     forward/backward's saved activations. Points are halved before examples (out of memory: the same)."""
     batch_size = check_size("batch_size", batch_size)
@@ -71,7 +76,8 @@ def plan_attribution(runner, graph: Graph, data, batch_size, steps: int = 1, ig_
     examples = min(DEFAULT_EXAMPLES if batch_size == "auto" else batch_size, n)
     if ig_batch == "auto":
         accelerator = torch.device(runner.device).type != "cpu"
-        points = min(steps, max(1, ACCELERATOR_ROWS // examples)) if accelerator else 1
+        # the CPU: as many as memory allows; the kernel stacks them only in passes below CPU_ROW_POSITIONS
+        points = min(steps, max(1, ACCELERATOR_ROWS // examples)) if accelerator else steps
     else:
         points = min(ig_batch, steps)
     plan = Batching(examples, points)

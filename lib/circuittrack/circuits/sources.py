@@ -92,10 +92,12 @@ def device_batches(data: TaskData, batch_size: int, device: torch.device):
 
 
 #: What one more pass costs beyond its rows, in row x position units: a batch is split into groups by the length
-#: of the prefix its prompts share only where that saves more. On the CPU a pass costs about its rows x positions
-#: (toy-l: a pass of 32 x 24 takes 40 ms, one of 1 x 1 about 2 ms); on an accelerator a small pass costs about as
-#: much as a large one (kernel launches), so batches are split there only for long shared prefixes.
-PASS_COST = {"cpu": 64, "accelerator": 1 << 14}
+#: of the prefix its prompts share only where that saves more. On the CPU a pass costs about 6 ms plus 80 us per
+#: row x position (toy-l, EAP-IG, one thread: 6.7 ms at 1 x 2, 25 ms at 32 x 8, 66 ms at 32 x 24, 282 ms at
+#: 128 x 24), so the fixed part is worth about 80. On an accelerator a small pass costs about as much as a large
+#: one (kernel launches), so batches are split there only for long shared prefixes (a guess until a GPU measures
+#: it: benchmarks/gpu_check.sh).
+PASS_COST = {"cpu": 80, "accelerator": 1 << 14}
 
 
 def prefix_groups(runner: Runner, batch: TaskData, reuse: bool = True) -> list[tuple[Runner, TaskData, Tensor]]:
