@@ -76,7 +76,8 @@ lab: venv
 	  --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root,) $(LAB_ARGS)
 
 ## bench: toy training speed (edition 2's step against edition 3's, tokens per second, where the time goes),
-##        EAP-IG speed and memory (toy-l, a random Pythia-160m shape) and circuit discovery at Pythia-2.8b graph
+##        EAP-IG speed and memory (toy-l on random tokens and on its IOI prompts, a random Pythia-160m shape; each
+##        beside the kernel that runs every position) and circuit discovery at Pythia-2.8b graph
 ##        size (scores, greedy order over 1.6M edges, size search to 1600 edges); DEVICE=cuda on a GPU; the circuit
 ##        viewer at that size in headless Chromium (1,600 edges x 150 checkpoints: page load, slider move); EAP-IG
 ##        and circuit discovery on random models with OLMo-2 1B's graph and a grouped-query Llama 1B's
@@ -87,6 +88,9 @@ bench: toy
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) \
 	  --model-path "$$($(PY) -c 'from circuittrack.models.checkpoints import toy_checkpoint_dir as d; print(d("toy-l", "final"))')" --batch-size 32 --seq-len 24 --n-examples 64 \
 	  --out benchmarks/out/attribution-toy-l-$(DEVICE).json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) --task ioi --backends torch \
+	  --model-path "$$($(PY) -c 'from circuittrack.models.checkpoints import toy_checkpoint_dir as d; print(d("toy-l", "final"))')" --batch-size 32 --n-examples 64 \
+	  --out benchmarks/out/attribution-toy-l-ioi-$(DEVICE).json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_attribution.py --device $(DEVICE) \
 	  --out benchmarks/out/attribution-pythia160m-$(DEVICE).json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_circuits.py --device $(DEVICE) \

@@ -332,6 +332,29 @@ def test_recompute_mode_is_wang_et_al_with_the_mlps_running(model3):
                                                           freeze_mlps=False)), (row.node, t)
 
 
+@pytest.mark.parametrize("receivers", ["logits", [(2, 3, "k")]])
+def test_senders_stacked_in_one_pass_give_the_one_sender_a_pass_effects(model3, receivers, monkeypatch):
+    """Recompute mode runs several senders per pass (the batch repeated, one block each; "auto" fills a pass):
+    the same effects as one sender a pass, in fewer passes."""
+    from circuittrack.models.runners import get_runner
+
+    data = make_task(n=6, seed=32)
+    runner = get_runner("torch", model3)
+    forward, rows = runner.forward, []
+
+    def counting(ids, hooks=None, positions=None, **kw):
+        rows.append(ids.shape[0])
+        return forward(ids, hooks, positions, **kw)
+
+    monkeypatch.setattr(runner, "forward", counting)
+    one = path_patch(runner, data, receivers=receivers, batch_size=6, circuit_batch=1)
+    passes_one, rows[:] = len(rows), []
+    stacked = path_patch(runner, data, receivers=receivers, batch_size=6, circuit_batch=5)
+    assert len(rows) < passes_one and max(rows) == 5 * 6
+    assert (stacked["patched"] - one["patched"]).abs().max() < 1e-6
+    assert stacked["node"].tolist() == one["node"].tolist()
+
+
 def test_recompute_mode_refuses_mlp_and_mixed_receivers(neox3):
     data = make_task(n=4, seed=32)
     with pytest.raises(InvalidInput, match="only with mlps='frozen'"):

@@ -26,6 +26,10 @@ Passes per method (m = ``ig_steps``; points given as the fraction t of the way f
 * ``exact``: every edge patched for real; batches of single-edge circuits run in one forward (see
   :mod:`circuittrack.evaluation`). Cost ~ (E / edge_batch) forwards per example batch; small models only.
 
+Every pass runs only the positions after the prefix that a group of rows' clean and corrupted prompts share (its
+keys and values computed once per batch; the activation differences there are zero, so they add nothing to any
+score): :func:`~circuittrack.circuits.sources.prefix_groups`.
+
 How the kernel stays at one edge contraction per batch and no H-fold copies
 --------------------------------------------------------------------------
 Head h's t-input (t in q, k, v) at layer l is its own copy x_h of the residual x, fed through its own copy of

@@ -263,7 +263,7 @@ class _PatchedPass:
             out = val.view(K, B, P, H, dh).clone()
         if len(heads):
             X = self._patched(self._base(self.xs[l], ("attn", l)), g.n_src_before_layer(l), c0 + heads)
-            Y = a.normalize(X, a.ln1(l)).permute(0, 2, 3, 1, 4)  # [K, B, P, J, d]
+            Y = a.normalize(X, a.ln1(l))  # [K, J, B, P, d]
             del X
             out[:, :, :, heads] = a.project(l, t, Y, heads).to(out.dtype)
         return out.reshape(K * B, P, H, dh).to(val.dtype)

@@ -38,7 +38,8 @@ import torch
 
 from circuittrack.circuits.evaluation import evaluate_circuits
 from circuittrack.circuits.graph import QKV, Graph
-from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, prefix_groups
+from circuittrack.circuits.memory import ACCELERATOR_ROWS, CPU_ROW_POSITIONS, check_size
+from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, prefix_groups, repeat_data
 from circuittrack.errors import InvalidInput
 from circuittrack.models.hooks import Hooks
 from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
@@ -66,7 +67,8 @@ def path_patch(model, data: TaskData, senders=None, receivers="logits", graph: G
     rows = sender_rows(graph, senders, cols)
     if mlps == "recompute":
         check_recompute_receivers(graph, cols)
-        means = recomputed_means(runner, graph, data, [[r] for r in rows], cols, batch_size, progress)
+        means = recomputed_means(runner, graph, data, [[r] for r in rows], cols, batch_size, progress,
+                                 circuit_batch)
     else:
         full = graph.edge_mask
         masks = torch.cat([path_circuits(graph, rows, cols), full[None], torch.zeros_like(full)[None]])
@@ -107,7 +109,7 @@ def path_patch_groups(model, data: TaskData, groups: dict, graph: Graph | None =
             plans.append((rows, cols))
         masks.append(path_circuits(graph, rows, cols).all(0) if rows else graph.edge_mask)
     if mlps == "recompute":
-        means = _grouped_recomputed_means(runner, graph, data, plans, batch_size)
+        means = _grouped_recomputed_means(runner, graph, data, plans, batch_size, circuit_batch)
     else:
         full = graph.edge_mask
         masks = torch.stack(masks + [full, torch.zeros_like(full)])
@@ -144,7 +146,8 @@ def check_recompute_receivers(graph: Graph, cols: list[int]) -> None:
         raise InvalidInput(f"receivers {names}: with mlps='recompute' give the logits or head inputs, not both")
 
 
-def _grouped_recomputed_means(runner: Runner, graph: Graph, data: TaskData, plans: list, batch_size) -> torch.Tensor:
+def _grouped_recomputed_means(runner: Runner, graph: Graph, data: TaskData, plans: list, batch_size,
+                              circuit_batch="auto") -> torch.Tensor:
     """Means [K + 2] of groups (rows, cols) that may have different receivers: one call per receiver set."""
     out = torch.zeros(len(plans) + 2, dtype=torch.float64)
     by_cols: dict[tuple, list[int]] = {}
@@ -153,16 +156,21 @@ def _grouped_recomputed_means(runner: Runner, graph: Graph, data: TaskData, plan
     if not by_cols:
         by_cols[(graph.dst_logits,)] = []
     for cols, ks in by_cols.items():
-        means = recomputed_means(runner, graph, data, [plans[k][0] for k in ks], list(cols), batch_size)
+        means = recomputed_means(runner, graph, data, [plans[k][0] for k in ks], list(cols), batch_size,
+                                 circuit_batch=circuit_batch)
         out[ks] = means[:-2]
         out[-2:] = means[-2:]
     return out
 
 
 def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: list[list[int]], cols: list[int],
-                     batch_size: int | str = "auto", progress: bool = False) -> torch.Tensor:
+                     batch_size: int | str = "auto", progress: bool = False,
+                     circuit_batch: int | str = "auto") -> torch.Tensor:
     """Mean metric [K + 2] (float64): each set of sender rows' paths into ``cols`` patched together with the
-    MLPs recomputing and every other head frozen (module docstring), then the clean and corrupted runs."""
+    MLPs recomputing and every other head frozen (module docstring), then the clean and corrupted runs.
+    ``circuit_batch`` sender sets share one pass (the batch repeated, one block each); ``"auto"``: as many as fill
+    :data:`~circuittrack.circuits.memory.ACCELERATOR_ROWS` rows on an accelerator, or
+    :data:`~circuittrack.circuits.memory.CPU_ROW_POSITIONS` rows x positions on the CPU (at least one)."""
     H = graph.n_heads
     heads = [[((s - 1) // (H + 1), (s - 1) % (H + 1)) for s in rows] for rows in sender_sets]
     into_logits = cols == [graph.dst_logits]
@@ -170,6 +178,7 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
     size = 32 if batch_size == "auto" else int(batch_size)
     total = torch.zeros(len(heads) + 2, dtype=torch.float64)
     a = runner.arch
+    check_size("circuit_batch", circuit_batch)
     bar = progress_bar(progress, -(-len(data) // size) * len(heads), "path patching", unit="sender")
     with runner.session(), torch.no_grad():
         for batch in device_batches(data, size, runner.device):
@@ -184,19 +193,24 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
                 total[-2] += float(clean.double().sum())
                 total[-1] += float(corrupted.double().sum())
                 parts.append((part, group, z_clean, z_corr, out_clean))
-            for k, heads_k in enumerate(heads):
-                for part, group, z_clean, z_corr, out_clean in parts:
-                    frozen = _frozen_heads(a, z_clean, z_corr, heads_k, out_clean)
+            for part, group, z_clean, z_corr, out_clean in parts:
+                per_pass = _senders_per_pass(runner, group, circuit_batch, len(heads))
+                for k0 in range(0, len(heads), per_pass):
+                    block = heads[k0:k0 + per_pass]
+                    K = len(block)
+                    ids, pos = group.clean.repeat(K, 1), group.answer_pos.repeat(K)
+                    frozen = _frozen_heads(a, z_clean, z_corr, block, out_clean)
                     if into_logits:
-                        logits = part.forward(group.clean, frozen, group.answer_pos)
+                        logits = part.forward(ids, frozen, pos)
                     else:
                         resid: dict[int, torch.Tensor] = {}
                         layers = {l for l, _, _ in receivers}
                         frozen.attn_in = lambda l, x, r=resid: r.__setitem__(l, x.detach()) if l in layers else None
-                        part.forward(group.clean, frozen)
-                        logits = part.forward(group.clean, _receiving(a, resid, receivers), group.answer_pos)
-                    total[k] += float(answer_metric(logits, group).double().sum())
-                bar.update(1)
+                        part.forward(ids, frozen)
+                        logits = part.forward(ids, _receiving(a, resid, receivers), pos)
+                    metric = answer_metric(logits, repeat_data(group, K)).double().view(K, len(group)).sum(1)
+                    total[k0:k0 + K] += metric.cpu()
+            bar.update(len(heads))
     bar.close()
     return total / len(data)
 
@@ -214,25 +228,45 @@ def recording_z(store: dict) -> Hooks:
     return Hooks(z=lambda l, z: store.__setitem__(l, z.detach()))
 
 
-def _frozen_heads(arch, z_clean: dict, z_corr: dict, group: list[tuple[int, int]], out_clean: dict) -> Hooks:
-    """Every head's output at its clean value except the group's, taken from the corrupted run: by freezing z, or,
-    where a post-norm mixes the heads' outputs (OLMo-2), by writing each layer's clean output plus the group's
-    changes of their shares (:meth:`~circuittrack.models.arch.ArchAdapter.head_writes`)."""
+def _senders_per_pass(runner: Runner, group: TaskData, circuit_batch, n_sets: int) -> int:
+    """Sender sets stacked in one pass (:func:`recomputed_means`)."""
+    if circuit_batch != "auto":
+        return max(1, min(int(circuit_batch), n_sets))
+    if torch.device(runner.device).type == "cpu":
+        return max(1, min(n_sets, CPU_ROW_POSITIONS // group.clean.numel()))
+    return max(1, min(n_sets, ACCELERATOR_ROWS // len(group)))
+
+
+def _frozen_heads(arch, z_clean: dict, z_corr: dict, groups: list[list[tuple[int, int]]], out_clean: dict) -> Hooks:
+    """For a pass of the batch repeated once per sender group (block-major): in block i every head's output at its
+    clean value except group i's, taken from the corrupted run: by freezing z, or, where a post-norm mixes the
+    heads' outputs (OLMo-2), by writing each layer's clean output plus the group's changes of their shares
+    (:meth:`~circuittrack.models.arch.ArchAdapter.head_writes`)."""
+    K = len(groups)
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat(K, *([1] * (t.dim() - 1)))
+
     if arch.post_norm:
         def attn_out(l: int, x: torch.Tensor) -> torch.Tensor:
-            heads = [gh for gl, gh in group if gl == l]
-            if not heads:
-                return out_clean[l]
-            delta = arch.head_writes(l, z_corr[l], heads) - arch.head_writes(l, z_clean[l], heads)
-            return (out_clean[l].float() + delta.sum(2)).to(out_clean[l].dtype)
+            out = blocks(out_clean[l])
+            B = out_clean[l].shape[0]
+            for i, group in enumerate(groups):
+                heads = [gh for gl, gh in group if gl == l]
+                if heads:
+                    delta = arch.head_writes(l, z_corr[l], heads) - arch.head_writes(l, z_clean[l], heads)
+                    out[i * B:(i + 1) * B] = (out_clean[l].float() + delta.sum(2)).to(out.dtype)
+            return out
 
         return Hooks(attn_out=attn_out)
 
     def z(l: int, _: torch.Tensor) -> torch.Tensor:
-        out = z_clean[l].clone()
-        for gl, gh in group:
-            if gl == l:
-                out[:, :, gh] = z_corr[l][:, :, gh]
+        out = blocks(z_clean[l])
+        B = z_clean[l].shape[0]
+        for i, group in enumerate(groups):
+            for gl, gh in group:
+                if gl == l:
+                    out[i * B:(i + 1) * B, :, gh] = z_corr[l][:, :, gh]
         return out
 
     return Hooks(z=z)

@@ -220,10 +220,15 @@ class ArchAdapter(ABC):
         return W[t], b[t]
 
     def project(self, layer: int, t: int, y: Tensor, heads: Tensor) -> Tensor:
-        """Projection t of normalised inputs ``y`` [..., J, d] (one input per listed head, float32) for the
-        ``heads`` [J] (indices into the H_t heads of t): [..., J, dh] float32."""
+        """Projection t of normalised inputs ``y`` [N, J, ..., d] (one input per listed head, float32) for the
+        ``heads`` [J] (indices into the H_t heads of t): [N, ..., J, dh] float32. One matrix product per head on its
+        contiguous block (an einsum over the J axis copied the whole input first: 1.6x slower on toy-l)."""
         W, b = self.proj_params(layer, t)
-        return torch.einsum("...jd,jed->...je", y, W.float().index_select(0, heads)) + b.float().index_select(0, heads)
+        W, b = W.float().index_select(0, heads), b.float().index_select(0, heads)
+        out = torch.empty(y.shape[0], *y.shape[2:-1], len(heads), W.shape[1], dtype=torch.float32, device=y.device)
+        for j in range(len(heads)):
+            out[..., j, :] = y[:, j] @ W[j].T
+        return out.add_(b)
 
     @abstractmethod
     def o_weight(self, layer: int) -> Tensor:
