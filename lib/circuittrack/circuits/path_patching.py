@@ -56,7 +56,8 @@ def path_patch(model, data: TaskData, senders=None, receivers="logits", graph: G
     ``senders``: heads as ``(layer, head)`` or ``"a1.h0"`` (default: every head with an edge into a receiver).
     ``receivers``: ``"logits"``, or a list of ``(layer, head, "q"|"k"|"v")`` / destination names (module
     docstring). Batching, backend, device and dtype as in :func:`evaluate_circuits`; the caller's model is not
-    changed. ``mlps``: "recompute" (the paper's; one or two passes per sender) or "frozen" (module docstring).
+    changed. ``mlps``: "recompute" (the paper's; one or two passes per sender, ``circuit_batch`` senders stacked in
+    a pass, see :func:`recomputed_means`) or "frozen" (module docstring).
     Bad senders or receivers raise :class:`~circuittrack.errors.InvalidInput` before any forward pass. In frozen
     mode the K + 2 edge masks are bools [n_src, n_dst] each (Pythia-160m, 144 heads: 10 MB in all; Pythia-2.8b,
     1,024 heads: 3.4 GB): on large models pass fewer senders per call."""
