@@ -15,11 +15,12 @@ Baselines (same examples, same batch size):
 * ``fwd+bwd (activations only)``: parameters frozen, gradient w.r.t. the input embeddings only, logits at the
   answer positions only: the least a gradient pass can cost, i.e. the floor for one EAP-IG step.
 
-The IG methods stack their m interpolation points along the batch (``ig_batch="auto"``: on an accelerator only); a
-row runs them one pass per point (``ig_batch=1``) in the same run, for the ratio between the two. Every kernel row
-reuses the positions that clean and corrupted prompts share (the prefix before the first changed token runs once
-per batch, see ``circuittrack.circuits.sources.shared_prefix``); the last row runs every position in every pass
-(``reuse_prefix=False``, the kernel before prefix reuse), for the ratio between the two.
+The IG methods stack their m interpolation points along the batch (``ig_batch="auto"``: on an accelerator to 256
+rows, on the CPU only in passes below 1,536 rows x positions); on an accelerator a row runs them one pass per point
+(``ig_batch=1``) in the same run, for the ratio between the two. Every kernel row reuses the positions that clean
+and corrupted prompts share (the prefix before the first changed token runs once per batch, see
+``circuittrack.circuits.sources.prefix_groups``); the last row runs every position in every pass, one point a pass
+(``reuse_prefix=False, ig_batch=1``: the kernel before this change), for the ratio between the two.
 
 Data: random tokens with two positions changed (P // 3 and P // 2), or with ``--task ioi`` (etc.) the task's own
 prompts from the model directory's tokenizer (``--model-path``), ``--n-examples`` of them (seed 0); the baselines
@@ -284,7 +285,7 @@ def main(argv=None) -> None:
              ("fwd+bwd (activations only)", dict(base, case="fwd_bwd_activations"))]
     cases += [(f"{args.method} m={args.ig_steps} [{b}]", dict(base, case="attribute", backend=b)) for b in backends]
     if args.method.startswith("eap-ig") and "torch" in backends and args.device != "cpu":
-        # the one-pass-per-point kernel, side by side (on the CPU "auto" runs one point a pass: the row above)
+        # the one-pass-per-point kernel, side by side (on the CPU the last row is one point a pass)
         cases.append((f"{args.method} m={args.ig_steps} [torch, 1 point/pass]",
                       dict(base, case="attribute", backend="torch", ig_batch=1)))
     if "torch" in backends:  # every position in every pass: the kernel before prefix reuse, side by side

@@ -475,7 +475,6 @@ def test_on_the_cpu_only_small_passes_stack_their_points(neox_parallel, monkeypa
     monkeypatch.setattr(runner, "forward", counting)
     for room, most in ((6 * 7 * 3, 3), (6 * 7 - 1, 1)):  # three points fit; not even one (one a pass)
         monkeypatch.setattr(memory, "CPU_ROW_POSITIONS", room)
-        monkeypatch.setattr("circuittrack.circuits.attribution.CPU_ROW_POSITIONS", room)
         rows.clear()
         got = attribute(runner, None, data, method="eap-ig-inputs", ig_steps=6, batch_size=6, progress=False,
                         reuse_prefix=False)

@@ -62,7 +62,7 @@ from torch import Tensor
 
 from circuittrack.circuits.exact import exact_scores
 from circuittrack.circuits.graph import Graph
-from circuittrack.circuits.memory import CPU_ROW_POSITIONS, check_size, oom_retry, plan_attribution
+from circuittrack.circuits.memory import blocks_per_pass, check_size, oom_retry, plan_attribution
 from circuittrack.circuits.sources import (answer_metric, check_inputs, device_batches, f32, repeat_data,
                                           prefix_groups, source_hooks)
 from circuittrack import options
@@ -132,8 +132,7 @@ def _attribute(runner: Runner, graph: Graph, data: TaskData, method: str, m: int
     with runner.session():
         for batch in device_batches(data, batch_size, dev):
             for part, group, _ in prefix_groups(runner, batch, reuse_prefix):
-                points = min(steps_per_pass, max(1, CPU_ROW_POSITIONS // group.clean.numel())) if fill \
-                    else steps_per_pass
+                points = min(steps_per_pass, blocks_per_pass(dev, *group.clean.shape)) if fill else steps_per_pass
                 _BATCH_METHODS[method](part, graph, group, n, m, scores, points)
             bar.update(1)
     bar.close()

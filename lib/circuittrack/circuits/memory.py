@@ -35,6 +35,15 @@ CPU_ROW_POSITIONS = 1536
 BUDGET_FRACTION = 0.6
 
 
+def blocks_per_pass(device, rows: int, positions: int) -> int:
+    """How many copies of a (rows x positions) batch fill one pass (at least one): up to :data:`CPU_ROW_POSITIONS`
+    rows x positions on the CPU, :data:`ACCELERATOR_ROWS` rows on an accelerator. Stacked interpolation points
+    (attribution) and stacked sender sets (path patching) are such copies."""
+    if torch.device(device).type == "cpu":
+        return max(1, CPU_ROW_POSITIONS // (rows * positions))
+    return max(1, ACCELERATOR_ROWS // rows)
+
+
 @dataclass(frozen=True)
 class Batching:
     """Examples and circuits per pass."""
@@ -67,8 +76,8 @@ def _shrink(plan: Batching, need, budget: float) -> Batching:
 def plan_attribution(runner, graph: Graph, data, batch_size, steps: int = 1, ig_batch="auto") -> Batching:
     """Examples per attribution batch and interpolation points per pass (``Batching.circuits``: the IG steps
     stacked along the batch; by default on an accelerator enough for :data:`ACCELERATOR_ROWS` rows, on the CPU
-    the most memory allows, of which the kernel uses only what fills :data:`CPU_ROW_POSITIONS`). Working memory per example = the float32 edge state
-    (activation differences and gradient accumulators, (n_src + 4L + 1) P d) plus, per stacked point, one
+    the most memory allows, of which the kernel uses only what fills :data:`CPU_ROW_POSITIONS`). Working memory
+    per example = the float32 edge state (activation differences and gradient accumulators, (n_src + 4L + 1) P d) plus, per stacked point, one
     forward/backward's saved activations. Points are halved before examples (out of memory: the same)."""
     batch_size = check_size("batch_size", batch_size)
     ig_batch = check_size("ig_batch", ig_batch)

@@ -38,7 +38,7 @@ import torch
 
 from circuittrack.circuits.evaluation import evaluate_circuits
 from circuittrack.circuits.graph import QKV, Graph
-from circuittrack.circuits.memory import ACCELERATOR_ROWS, CPU_ROW_POSITIONS, check_size
+from circuittrack.circuits.memory import blocks_per_pass, check_size
 from circuittrack.circuits.sources import answer_metric, check_inputs, device_batches, prefix_groups, repeat_data
 from circuittrack.errors import InvalidInput
 from circuittrack.models.hooks import Hooks
@@ -170,8 +170,7 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
     """Mean metric [K + 2] (float64): each set of sender rows' paths into ``cols`` patched together with the
     MLPs recomputing and every other head frozen (module docstring), then the clean and corrupted runs.
     ``circuit_batch`` sender sets share one pass (the batch repeated, one block each); ``"auto"``: as many as fill
-    :data:`~circuittrack.circuits.memory.ACCELERATOR_ROWS` rows on an accelerator, or
-    :data:`~circuittrack.circuits.memory.CPU_ROW_POSITIONS` rows x positions on the CPU (at least one)."""
+    a pass (:func:`~circuittrack.circuits.memory.blocks_per_pass`)."""
     H = graph.n_heads
     heads = [[((s - 1) // (H + 1), (s - 1) % (H + 1)) for s in rows] for rows in sender_sets]
     into_logits = cols == [graph.dst_logits]
@@ -195,7 +194,8 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
                 total[-1] += float(corrupted.double().sum())
                 parts.append((part, group, z_clean, z_corr, out_clean))
             for part, group, z_clean, z_corr, out_clean in parts:
-                per_pass = _senders_per_pass(runner, group, circuit_batch, len(heads))
+                per_pass = min(len(heads), blocks_per_pass(runner.device, *group.clean.shape)
+                               if circuit_batch == "auto" else int(circuit_batch))
                 for k0 in range(0, len(heads), per_pass):
                     block = heads[k0:k0 + per_pass]
                     K = len(block)
@@ -227,15 +227,6 @@ def _receiver(name: str) -> tuple[int, int, int]:
 def recording_z(store: dict) -> Hooks:
     """Hooks that keep every layer's z ([B, P, H, dh]) in ``store``, keyed by layer."""
     return Hooks(z=lambda l, z: store.__setitem__(l, z.detach()))
-
-
-def _senders_per_pass(runner: Runner, group: TaskData, circuit_batch, n_sets: int) -> int:
-    """Sender sets stacked in one pass (:func:`recomputed_means`)."""
-    if circuit_batch != "auto":
-        return max(1, min(int(circuit_batch), n_sets))
-    if torch.device(runner.device).type == "cpu":
-        return max(1, min(n_sets, CPU_ROW_POSITIONS // group.clean.numel()))
-    return max(1, min(n_sets, ACCELERATOR_ROWS // len(group)))
 
 
 def _frozen_heads(arch, z_clean: dict, z_corr: dict, groups: list[list[tuple[int, int]]], out_clean: dict) -> Hooks:

@@ -115,13 +115,12 @@ def prefix_groups(runner: Runner, batch: TaskData, reuse: bool = True) -> list[t
     S2, late in the sentence) this skips most positions of every pass."""
     n, P = batch.clean.shape
     ends = batch.lengths.cpu()
-    rows = torch.arange(n)
-    if not (reuse and runner.supports_prefix):
-        end = int(ends.max())
-        return [(runner, batch if end == P else batch.columns(0, end), rows.to(batch.clean.device))]
-    differ = (batch.clean != batch.corrupted).cpu()
-    first = torch.where(differ.any(1), differ.to(torch.int8).argmax(1), ends)
-    starts = torch.minimum(first, batch.answer_pos.cpu())
+    if reuse and runner.supports_prefix:
+        differ = (batch.clean != batch.corrupted).cpu()
+        first = torch.where(differ.any(1), differ.to(torch.int8).argmax(1), ends)
+        starts = torch.minimum(first, batch.answer_pos.cpu())
+    else:  # every row from position 0: one group
+        starts = torch.zeros_like(ends)
     order = torch.argsort(starts, stable=True)
     starts, ends = starts[order].tolist(), ends[order].tolist()
     # split points: where the sorted prefix length changes; choose the cheapest set of them (dynamic programme)
@@ -140,14 +139,11 @@ def prefix_groups(runner: Runner, batch: TaskData, reuse: bool = True) -> list[t
         j = back[j]
     out = []
     for a, b in reversed(spans):
-        idx = order[a:b].sort().values  # the group's rows in batch order
+        idx = order[a:b].sort().values.to(batch.clean.device)  # the group's rows in batch order
         start, end = starts[a], max(ends[a:b])
-        sub = batch if b - a == n else batch.slice_rows(idx.to(batch.clean.device))
-        if start == 0:
-            out.append((runner, sub if end == P else sub.columns(0, end), idx.to(batch.clean.device)))
-        else:
-            prefix = runner.encode_prefix(sub.clean[:, :start])
-            out.append((PrefixedRunner(runner, prefix), sub.columns(start, end), idx.to(batch.clean.device)))
+        sub = batch if b - a == n else batch.slice_rows(idx)
+        part = runner if start == 0 else PrefixedRunner(runner, runner.encode_prefix(sub.clean[:, :start]))
+        out.append((part, sub if (start, end) == (0, P) else sub.columns(start, end), idx))
     return out
 
 

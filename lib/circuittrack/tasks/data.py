@@ -68,24 +68,21 @@ class TaskData:
 
     def slice_rows(self, rows: torch.Tensor) -> TaskData:
         """The examples ``rows`` (a long tensor of indices), in that order."""
-        out = {}
-        for k, v in self.__dict__.items():
-            if isinstance(v, torch.Tensor) and k != "answer_tokens":
-                out[k] = v[rows]
-            elif isinstance(v, tuple) and v:
-                out[k] = tuple(v[int(i)] for i in rows)
-            else:
-                out[k] = v
-        return TaskData(**out)
+        return self._rows(rows)
 
     def slice(self, start: int, stop: int) -> TaskData:
         """Examples ``start:stop`` (for batching); answer columns are kept."""
+        return self._rows(slice(start, stop))
+
+    def _rows(self, index: slice | torch.Tensor) -> TaskData:
+        """The examples ``index`` selects (a slice: views; index tensor: copies in its order) of every per-example
+        field; answer tokens and scalars are kept."""
         out = {}
         for k, v in self.__dict__.items():
             if isinstance(v, torch.Tensor) and k != "answer_tokens":
-                out[k] = v[start:stop]
-            elif isinstance(v, tuple):
-                out[k] = v[start:stop]
+                out[k] = v[index]
+            elif isinstance(v, tuple) and v:
+                out[k] = v[index] if isinstance(index, slice) else tuple(v[int(i)] for i in index)
             else:
                 out[k] = v
         return TaskData(**out)

@@ -21,8 +21,8 @@ class Prefix:
 
     Kernels use it where the clean and corrupted prompts (and so every patched or interpolated run) agree on the
     first positions: those positions' activations are the same in every run, their activation differences are
-    zero, so nothing a kernel computes depends on running them again (:func:`circuittrack.circuits.sources.
-    shared_prefix`)."""
+    zero, so nothing a kernel computes depends on running them again
+    (:func:`circuittrack.circuits.sources.prefix_groups`)."""
 
     length: int
     rows: int  # examples the prefix was computed for
