@@ -355,6 +355,16 @@ def test_senders_stacked_in_one_pass_give_the_one_sender_a_pass_effects(model3, 
     assert stacked["node"].tolist() == one["node"].tolist()
 
 
+def test_groups_without_senders_change_nothing(model3):
+    """Recompute mode with no sender set to patch (every group empty) still gives the clean and corrupted means."""
+    from circuittrack.circuits.path_patching import path_patch_groups
+
+    data = make_task(n=4, seed=33)
+    out = path_patch_groups(model3, data, {"none": ([], "logits")})
+    assert out["senders"].tolist() == [0] and out["effect"].tolist() == [0.0]
+    assert out["clean"].iloc[0] != out["corrupted"].iloc[0]
+
+
 def test_recompute_mode_refuses_mlp_and_mixed_receivers(neox3):
     data = make_task(n=4, seed=32)
     with pytest.raises(InvalidInput, match="only with mlps='frozen'"):

@@ -194,8 +194,8 @@ def recomputed_means(runner: Runner, graph: Graph, data: TaskData, sender_sets: 
                 total[-1] += float(corrupted.double().sum())
                 parts.append((part, group, z_clean, z_corr, out_clean))
             for part, group, z_clean, z_corr, out_clean in parts:
-                per_pass = min(len(heads), blocks_per_pass(runner.device, *group.clean.shape)
-                               if circuit_batch == "auto" else int(circuit_batch))
+                per_pass = max(1, min(len(heads), blocks_per_pass(runner.device, *group.clean.shape)
+                                      if circuit_batch == "auto" else int(circuit_batch)))
                 for k0 in range(0, len(heads), per_pass):
                     block = heads[k0:k0 + per_pass]
                     K = len(block)
