@@ -435,3 +435,65 @@ def test_a_result_stored_without_a_table_its_analysis_now_writes_is_computed_aga
     assert len(run_grid(grid, store, progress=False).computed) == 1
     assert load_results("grows", "b", store=store.root)["y"].tolist() == [2]
     assert run_grid(grid, store, progress=False).skipped == 1
+
+
+def _heads_key_of_each_checkpoint(grid) -> dict:
+    return {(j.model, j.step): j.key for j in grid.jobs if j.analysis == "heads"}
+
+
+def test_the_ioi_algorithm_job_reads_the_heads_job_a_grid_makes_for_the_same_checkpoint(tmp_path):
+    """What an ioi_algorithm job reads is the heads job with the same head-score parameters: the key the grid
+    gives that job, for the toy book's grid and for a grid with other parameters and a CSPA text file."""
+    from circuittrack.sweeps.run import read_job
+
+    (tmp_path / "text.txt").write_text("Some text to score copy suppression on. " * 40)
+    own = write(tmp_path, "suite: toy\nmodels: [toy-s, toy-m]\ncheckpoints: [0, 3200]\ndtype: bfloat16\n"
+                "analyses:\n  heads: {seed: 3, cspa_text: text.txt}\n"
+                "  ioi_algorithm: {seed: 3, cspa_text: text.txt, n: 20, cspa_min_kl: 0.01}\n")
+    for grid in (load_grid(REPO / "grids" / "toy.yaml"), load_grid(own)):
+        heads = _heads_key_of_each_checkpoint(grid)
+        ioi = [j for j in grid.jobs if j.analysis == "ioi_algorithm"]
+        assert ioi and all(read_job(j, "heads").key == heads[(j.model, j.step)] for j in ioi)
+    other = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [0]\n"
+                  "analyses: {heads: {seed: 4}, ioi_algorithm: {seed: 3}}\n", "other.yaml")
+    grid = load_grid(other)
+    (ioi,) = [j for j in grid.jobs if j.analysis == "ioi_algorithm"]
+    assert read_job(ioi, "heads").key not in _heads_key_of_each_checkpoint(grid).values()
+
+
+@pytest.mark.slow
+def test_the_ioi_algorithm_takes_the_stored_head_scores_and_gives_what_it_computes_itself(tmp_path, monkeypatch):
+    """An ioi_algorithm job whose heads job is stored reads its scores instead of computing them (the heads
+    notebook stores them first), with tables equal to a run that computes them; a damaged or other-parameter
+    heads result is not read."""
+    import circuittrack.sweeps.analyses as analyses
+
+    heads_only = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [3200]\nanalyses: {heads: {}}\n",
+                       "heads.yaml")
+    ioi_only = write(tmp_path, "suite: toy\nmodels: [toy-s]\ncheckpoints: [3200]\n"
+                     "analyses: {ioi_algorithm: {n: 16}}\n", "ioi.yaml")
+    computed = Store(tmp_path / "computed")
+    assert len(run_grid(load_grid(ioi_only), computed, progress=False).computed) == 1  # scores computed here
+    reference = {t: load_results("ioi_algorithm", t, store=computed) for t in ("heads", "shares")}
+
+    reads = Store(tmp_path / "reads")
+    run_grid(load_grid(heads_only), reads, progress=False)
+    calls = []
+    real = analyses._compute_head_scores
+    monkeypatch.setattr(analyses, "_compute_head_scores", lambda *a: calls.append(1) or real(*a))
+    analyses._SCORES_CACHE.clear()
+    assert len(run_grid(load_grid(ioi_only), reads, progress=False).computed) == 1
+    assert calls == []  # read, not computed
+    for t, df in reference.items():
+        pd.testing.assert_frame_equal(load_results("ioi_algorithm", t, store=reads), df)
+
+    # a damaged heads result is computed again, not read
+    damaged = Store(tmp_path / "damaged")
+    run_grid(load_grid(heads_only), damaged, progress=False)
+    (scores_file,) = (tmp_path / "damaged" / "heads").glob("*/scores.parquet")
+    scores_file.write_bytes(scores_file.read_bytes()[:-10])
+    analyses._SCORES_CACHE.clear()
+    calls.clear()
+    run_grid(load_grid(ioi_only), damaged, progress=False)
+    assert calls == [1]
+    pd.testing.assert_frame_equal(load_results("ioi_algorithm", "shares", store=damaged), reference["shares"])

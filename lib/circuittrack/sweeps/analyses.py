@@ -81,7 +81,12 @@ class Param:
 
 @dataclass(frozen=True)
 class Analysis:
-    """A named analysis; ``run(checkpoint, data, params) -> {table name: DataFrame}``."""
+    """A named analysis; ``run(checkpoint, data, params) -> {table name: DataFrame}``.
+
+    ``reads``: another analysis whose result this one's includes (the IOI algorithm needs the head scores). When
+    that analysis's job on the same checkpoint, with the parameters both declare, is stored intact, a sweep passes
+    its tables to ``run`` as ``stored=`` instead of computing them again (None otherwise): the same key, so the
+    same numbers."""
 
     name: str
     description: str
@@ -90,6 +95,7 @@ class Analysis:
     run: Callable
     tables: tuple[str, ...] = ()
     optional_tables: tuple[str, ...] = field(default=())
+    reads: str | None = None
 
     def resolve(self, raw: dict | None, task: str | None, where: str, tasks=None) -> dict:
         """Parameters with defaults filled in and per-task values picked; errors name ``where`` and the choices
@@ -284,9 +290,12 @@ register(Analysis(
 _SCORES_CACHE: dict[tuple, pd.DataFrame] = {}
 
 
-def _head_scores(checkpoint, params: dict) -> pd.DataFrame:
-    """Every head's component scores at this checkpoint (one row per head). The heads and ioi_algorithm jobs of
-    one loaded checkpoint run one after the other in one process, so the last result is kept and reused."""
+def _head_scores(checkpoint, params: dict, stored: dict | None = None) -> pd.DataFrame:
+    """Every head's component scores at this checkpoint (one row per head): the stored heads job's (``stored``),
+    or computed. The heads and ioi_algorithm jobs of one loaded checkpoint run one after the other in one
+    process, so the last result is kept and reused."""
+    if stored is not None:
+        return stored["scores"]
     names = ("length", "batch", "seed", "cspa", "cspa_text")
     key = (id(checkpoint.model), checkpoint.suite, checkpoint.spec.name, checkpoint.step, str(checkpoint.dtype),
            tuple(params[k] for k in names))
@@ -362,13 +371,13 @@ register(Analysis(
 
 # ----- the IOI algorithm (Figure 4) and the Greater-Than check ------------------------------------------------
 
-def _ioi_algorithm(checkpoint, task, params: dict) -> dict[str, pd.DataFrame]:
+def _ioi_algorithm(checkpoint, task, params: dict, stored: dict | None = None) -> dict[str, pd.DataFrame]:
     from circuittrack.components.ioi_algorithm import ioi_algorithm
     from circuittrack.tasks.registry import get_task
 
     ioi = get_task("ioi")
     data = _task_data(checkpoint, "ioi", {"n": params["n"] or ioi.default_n, "seed": ioi.default_seed})
-    return ioi_algorithm(checkpoint.model, data, _head_scores(checkpoint, params), batch_size=params["batch_size"],
+    return ioi_algorithm(checkpoint.model, data, _head_scores(checkpoint, params, stored), batch_size=params["batch_size"],
                          cspa_min_kl=float(params["cspa_min_kl"]), cspa_min_kl_share=float(params["cspa_min_kl_share"]),
                          s_inhibition_min_change=float(params["s_inhibition_min_change"]),
                          progress=kernel_bars_on())
@@ -385,7 +394,7 @@ register(Analysis(
              "among the checkpoint's heads (beyond the paper)"),
        Param("s_inhibition_min_change", (float, int), 0.02, "the position test confirms an S-inhibition head only "
              "where each change reaches this share of its clean value (the paper: signs only)")),
-    _ioi_algorithm, tables=("heads", "shares")))
+    _ioi_algorithm, tables=("heads", "shares"), reads="heads"))
 
 
 def _greater_than_check(checkpoint, task, params: dict) -> dict[str, pd.DataFrame]:

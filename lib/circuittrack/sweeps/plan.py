@@ -41,7 +41,7 @@ def plan(grid: Grid, store: Store, jobs: int = 1, bandwidth_mb_s: float = 100.0,
             flops += job_flops(spec.n_params, job, spec.n_layers * spec.n_heads)
     to_train: list[str] = []
     if grid.suite == "toy":
-        from circuittrack.toy.train import untrained_models
+        from circuittrack.toy.manifest import untrained_models
 
         to_train = untrained_models(dict.fromkeys(u.model for u in grid.units if any(
             j.key in pending_keys for j in u.jobs)))

@@ -28,7 +28,7 @@ from circuittrack.sweeps.analyses import get_analysis
 from circuittrack.sweeps.claims import Claims
 from circuittrack.sweeps.grid import Grid, Unit
 from circuittrack.sweeps.cost import unit_flops
-from circuittrack.sweeps.store import Store, check_store_path, file_digest
+from circuittrack.sweeps.store import Job, Store, check_store_path, file_digest
 
 @dataclass
 class Status:
@@ -178,9 +178,12 @@ def check_devices(grid: Grid) -> None:
     """Refuse, before any work, a grid whose device this machine does not have (rather than record every job on
     it as failed)."""
     from circuittrack.errors import InvalidInput
-    from circuittrack.models.devices import parse_device
 
     for device in dict.fromkeys(u.device for u in grid.units):
+        if device == "cpu":  # every machine has one; checking it would import torch in the sweep's own process
+            continue
+        from circuittrack.models.devices import parse_device
+
         try:
             parse_device(device)
         except InvalidInput:
@@ -191,10 +194,12 @@ def check_devices(grid: Grid) -> None:
 def train_toy_models(units: list[Unit], progress: bool = True, workers: int = 1) -> list[str]:
     """Train the toy models these units need and that are not trained yet (seed variants train only when a grid
     asks for them this way, or through ``circuittrack train-toy --seeds``); returns their names."""
-    from circuittrack.toy.train import train_suite, untrained_models
+    from circuittrack.toy.manifest import untrained_models  # no torch: most sweeps find every model trained
 
     needed = untrained_models(dict.fromkeys(u.model for u in units))
     if needed:
+        from circuittrack.toy.train import train_suite
+
         if progress:
             print(f"training toy model(s) {', '.join(needed)} first (about 2-4 minutes each per core)", flush=True)
         train_suite(needed, progress=progress, workers=workers)
@@ -345,6 +350,15 @@ def _prepare_task(job) -> None:
     task_for_job(job.task, job.inputs["task"])
 
 
+def read_job(job: Job, name: str) -> Job:
+    """The job of analysis ``name`` (one that takes no task) on ``job``'s checkpoint, with the parameters (and
+    input files) of ``job`` that ``name`` declares: what ``job`` reads when its analysis ``reads`` it."""
+    other = get_analysis(name)
+    names = {p.name for p in other.params} | {"dtype"}
+    return Job(job.suite, job.model, job.step, None, name, {k: v for k, v in job.params.items() if k in names},
+               job.tokens, job.edition, other.tables, inputs={k: dict(v) for k, v in job.inputs.items() if k in names})
+
+
 def _run_claimed(unit: Unit, store: Store, claims: Claims, report: Report, progress: bool,
                  threads: int | None) -> None:
     """Load the checkpoint and run the jobs this run has claimed, releasing each claim once it is stored or has
@@ -378,7 +392,10 @@ def _run_claimed(unit: Unit, store: Store, claims: Claims, report: Report, progr
             check_inputs(job)
             _prepare_task(job)
             analysis = get_analysis(job.analysis)
-            tables = analysis.run(ckpt, job.task, job.params)
+            if analysis.reads:
+                tables = analysis.run(ckpt, job.task, job.params, stored=store.read(read_job(job, analysis.reads)))
+            else:
+                tables = analysis.run(ckpt, job.task, job.params)
             store.write(job, tables, {"seconds": round(time.perf_counter() - t1, 3)})
             report.computed.append(job.key)
         except Exception as err:  # noqa: BLE001 - recorded, the other jobs go on

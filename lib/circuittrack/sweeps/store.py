@@ -139,6 +139,19 @@ class Store:
         """Stored intact, with every table the job requires."""
         return self.inspect(job)[0]
 
+    def read(self, job: Job) -> dict[str, pd.DataFrame] | None:
+        """The job's tables as its analysis returned them (the job columns the store adds removed), or None when
+        the job is not stored intact."""
+        if not self.is_done(job):
+            return None
+        out = {}
+        for name in json.loads((self.job_dir(job) / "job.json").read_bytes())["tables"]:
+            df = read_table(self.job_dir(job), name)
+            if not isinstance(df, pd.DataFrame):
+                return None
+            out[name] = df.drop(columns=list(JOB_COLUMNS))
+        return out
+
     def damage(self, job: Job) -> str | None:
         """Why the job's stored directory is not a valid result (a truncated or corrupt table, an unreadable
         job.json, a directory without one); None if the job is done, not stored at all, or stored intact before
