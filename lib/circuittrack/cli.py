@@ -620,7 +620,7 @@ def cmd_heads(args: argparse.Namespace) -> None:
     if args.n is not None and (isinstance(args.n, bool) or args.n < 1):
         raise InvalidInput(f"heads: n must be positive, got {args.n}")
     _check_device_dtype(args)
-    from circuittrack.components.ioi_algorithm import ROLES
+    from circuittrack.components.ioi_roles import ROLES
     from circuittrack.models.checkpoints import load_checkpoint
     from circuittrack.sweeps.analyses import get_analysis
 

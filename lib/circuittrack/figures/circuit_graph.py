@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from circuittrack.circuits.graph import Graph
-from circuittrack.components.ioi_algorithm import ROLES
+from circuittrack.components.ioi_roles import ROLES
 from circuittrack.errors import InvalidInput, choices
 from circuittrack.figures.theme import TASK_TITLES
 

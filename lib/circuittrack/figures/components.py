@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import altair as alt
 import pandas as pd
 
-from circuittrack.components.ioi_algorithm import (
+from circuittrack.components.ioi_roles import (
     COPY_THRESHOLD,
     CSPA_MIN_KL,
     CSPA_MIN_KL_SHARE,
