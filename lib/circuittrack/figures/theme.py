@@ -92,12 +92,15 @@ def figures_dir() -> Path:
 
 
 def save(chart: alt.TopLevelMixin, stem: str, keys_text: str | None = None, folder: Path | None = None) -> Path:
-    """Write ``<stem>.svg`` and ``<stem>.png`` (and ``<stem>.keys.txt``); returns the SVG path."""
+    """Write ``<stem>.svg`` and ``<stem>.png`` (and ``<stem>.keys.txt``); returns the SVG path. The spec is not
+    validated against the Vega-Lite schema here (Altair validates it when the chart is shown, which
+    :meth:`~circuittrack.figures.source.Source.figure` does next; validation is most of ``to_dict``'s time), and
+    Vega-Lite itself refuses what it cannot draw."""
     import vl_convert as vlc
 
     folder = Path(folder or figures_dir())
     folder.mkdir(parents=True, exist_ok=True)
-    spec = chart.to_dict()
+    spec = chart.to_dict(validate=False)
     svg = folder / f"{stem}.svg"
     svg.write_text(vlc.vegalite_to_svg(spec))
     (folder / f"{stem}.png").write_bytes(vlc.vegalite_to_png(spec, scale=2))
