@@ -497,3 +497,22 @@ def test_the_ioi_algorithm_takes_the_stored_head_scores_and_gives_what_it_comput
     run_grid(load_grid(ioi_only), damaged, progress=False)
     assert calls == [1]
     pd.testing.assert_frame_equal(load_results("ioi_algorithm", "shares", store=damaged), reference["shares"])
+
+
+def test_a_chapter_whose_results_are_stored_draws_them_without_importing_torch(tmp_path):
+    """Each notebook's imports and its sweep, when every job is stored, load no torch: a chapter that only reads
+    the store starts in a fraction of a second rather than the seconds torch and transformers take to import."""
+    grid = write(tmp_path, GOOD)
+    run_grid(load_grid(grid), Store(tmp_path / "s"), progress=False)
+    code = ("import sys\n"
+            "from circuittrack.figures import behaviour, circuit_graph, circuits, components, theme\n"
+            "from circuittrack.components.ioi_roles import ROLES\n"
+            "from circuittrack.figures.source import prepare\n"
+            f"source = prepare({str(grid)!r}, ['behaviour'], 'test', store={str(tmp_path / 's')!r}, progress=False)\n"
+            "assert len(source.load('behaviour', 'metrics')) == 2\n"
+            "import pandas as pd\n"
+            "edges = pd.DataFrame({'model': 'toy-s', 'step': [0, 3200], 'task': 'ioi', 'source': 'input',\n"
+            "                      'target': ['logits', 'a1.h0<q>'], 'score': 1.0, 'greedy_rank': 0})\n"
+            "circuit_graph.circuit_over_training(edges, 'toy-s', 'ioi', 2, 4).to_dict()\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

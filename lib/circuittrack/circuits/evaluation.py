@@ -213,7 +213,9 @@ class _PatchedPass:
         self.active = active
         self.m = masks[:, active, :].float()  # [K, U, n_dst]
         self.slot_of = torch.searchsorted(run.source_ids, active)  # recorded slot of each active source
-        self.delta = torch.zeros(self.K, len(active), B, P, a.d_model, dtype=torch.float32, device=masks.device)
+        # uninitialised: every slot is written (_set_delta) when its source runs, before any destination reads it
+        # (the tests pass with the slots filled with NaN first)
+        self.delta = torch.empty(self.K, len(active), B, P, a.d_model, dtype=torch.float32, device=masks.device)
         self.touched = masks.any(0).any(0)  # [n_dst]: destination columns some circuit patches
         self.writer = _SourceWriter(graph, a, active)
         self.xs: dict[int, Tensor] = {}

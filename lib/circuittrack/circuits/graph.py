@@ -26,10 +26,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-
-import torch
+from typing import TYPE_CHECKING
 
 from circuittrack.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import torch
 
 QKV = ("q", "k", "v")
 
@@ -150,6 +152,8 @@ class Graph:
     def dst_feeds(self) -> torch.Tensor:
         """long [n_dst, R] (R = H / G): the node numbers (source rows; logits = n_src) each destination column is
         an input of, repeated to width R for columns that feed one node (all columns without groups)."""
+        import torch  # here, not at the top: the figures draw graphs by name without importing torch
+
         R = self.n_heads // self.n_groups
         idx = torch.empty(self.n_dst, R, dtype=torch.long)
         for l in range(self.n_layers):
@@ -166,6 +170,8 @@ class Graph:
     @cached_property
     def edge_mask(self) -> torch.Tensor:
         """[n_src, n_dst] bool: which edges exist."""
+        import torch
+
         mask = torch.zeros(self.n_src, self.n_dst, dtype=torch.bool)
         for l in range(self.n_layers):
             first = self.dst_head(l, 0, "q")
