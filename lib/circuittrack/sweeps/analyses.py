@@ -377,7 +377,8 @@ def _ioi_algorithm(checkpoint, task, params: dict, stored: dict | None = None) -
 
     ioi = get_task("ioi")
     data = _task_data(checkpoint, "ioi", {"n": params["n"] or ioi.default_n, "seed": ioi.default_seed})
-    return ioi_algorithm(checkpoint.model, data, _head_scores(checkpoint, params, stored), batch_size=params["batch_size"],
+    scores = _head_scores(checkpoint, params, stored)
+    return ioi_algorithm(checkpoint.model, data, scores, batch_size=params["batch_size"],
                          cspa_min_kl=float(params["cspa_min_kl"]), cspa_min_kl_share=float(params["cspa_min_kl_share"]),
                          s_inhibition_min_change=float(params["s_inhibition_min_change"]),
                          progress=kernel_bars_on())
