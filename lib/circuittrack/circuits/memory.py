@@ -77,8 +77,9 @@ def plan_attribution(runner, graph: Graph, data, batch_size, steps: int = 1, ig_
     """Examples per attribution batch and interpolation points per pass (``Batching.circuits``: the IG steps
     stacked along the batch; by default on an accelerator enough for :data:`ACCELERATOR_ROWS` rows, on the CPU
     the most memory allows, of which the kernel uses only what fills :data:`CPU_ROW_POSITIONS`). Working memory
-    per example = the float32 edge state (activation differences and gradient accumulators, (n_src + 4L + 1) P d) plus, per stacked point, one
-    forward/backward's saved activations. Points are halved before examples (out of memory: the same)."""
+    per example = the float32 edge state (activation differences and gradient accumulators, (n_src + 4L + 1) P d)
+    plus, per stacked point, one forward/backward's saved activations. Points are halved before examples (out of
+    memory: the same)."""
     batch_size = check_size("batch_size", batch_size)
     ig_batch = check_size("ig_batch", ig_batch)
     n, P = data.clean.shape
