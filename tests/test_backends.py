@@ -200,6 +200,38 @@ def test_session_restores_and_merge_hooks_chain():
     assert torch.equal(h.resid0(torch.ones(2)), torch.full((2,), 4.0))
     h.attn_in(3, None)
     assert calls == ["a", 3, -3]
+    known = torch.ones(2)
+    h = merge_hooks(Hooks(mlp_known=lambda l: None), Hooks(mlp_known=lambda l: known * l),
+                    Hooks(mlp_known=lambda l: known))
+    assert torch.equal(h.mlp_known(3), known * 3)  # the first value given
+
+
+def test_a_known_output_skips_the_module_and_is_restored_after(neox_parallel):
+    """A module whose output the caller knows is not run (its submodules see no call), its output hooks still see
+    the value, and its own ``forward`` is back after the pass, also when the pass fails."""
+    model = make_neox(n_layers=2)
+    r = get_runner("torch", model)
+    ids = torch.randint(3, 40, (2, 5))
+    ran, seen = [], []
+    for l, layer in enumerate(model.gpt_neox.layers):
+        layer.mlp.dense_h_to_4h.register_forward_hook(lambda m, a, o, l=l: ran.append(l))
+    with torch.no_grad():
+        plain = r.forward(ids, Hooks(mlp_out=lambda l, y: seen.append((l, y.clone()))))
+        written = dict(seen)
+        ran.clear(), seen.clear()
+        known = r.forward(ids, Hooks(mlp_known=lambda l: written[l] if l == 0 else None,
+                                     mlp_out=lambda l, y: seen.append((l, y.clone()))))
+    assert ran == [1]  # layer 0's MLP was not run
+    assert [l for l, _ in seen] == [0, 1] and torch.equal(seen[0][1], written[0])
+    assert torch.allclose(known, plain, atol=1e-6, rtol=0)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+    def fail(l):
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError, match="no"), torch.no_grad():
+        r.forward(ids, Hooks(mlp_known=fail))
+    assert not any("forward" in m.__dict__ for m in model.modules())
 
 
 def test_wrappers_with_an_in_memory_tokenizer(neox_parallel):

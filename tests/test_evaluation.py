@@ -274,3 +274,48 @@ def test_out_of_memory_halves_and_retries_then_fails_clearly(neox_parallel, monk
     short.max_rows = 0
     with pytest.raises(OutOfMemory, match="even with one example and one circuit"):
         evaluate_circuits(runner, graph, data, circuits, batch_size=8, circuit_batch=4)
+
+
+def test_circuit_form_does_not_run_what_the_corrupted_run_knows(any_model, monkeypatch):
+    """In circuit form the q/k/v projections of the current residual and every MLP that no circuit of the pass
+    has an edge into are not run (the corrupted run gave their outputs); the metrics still equal the literal
+    reference, and in complement form everything runs."""
+    from conftest import make_task
+
+    data = make_task(seed=16)
+    graph = Graph.from_config(any_model.config)
+    L = graph.n_layers
+    names = [["input->a0.h1<k>", "a0.h1->logits", "input->m0", "m0->logits"],
+             ["input->a0.h1<k>", "a0.h1->logits", f"a0.h1->m{L - 1}", f"m{L - 1}->logits"]]
+    circuits = torch.zeros(2, graph.n_src, graph.n_dst, dtype=torch.bool)
+    for k, edges in enumerate(names):
+        for name in edges:
+            circuits[(k, *graph.parse_edge(name))] = True
+    model = copy.deepcopy(any_model)
+    p = _parts(model)
+    runner = get_runner("torch", model)
+    qkv_module = _get(p["layers"][0], p["qkv"])
+    counts = {"qkv": 0, "mlp": [0] * L}
+    run_qkv = type(qkv_module).forward
+
+    def counting(self, *args, **kw):
+        counts["qkv"] += any(self is _get(layer, p["qkv"]) for layer in p["layers"])
+        return run_qkv(self, *args, **kw)
+
+    monkeypatch.setattr(type(qkv_module), "forward", counting)
+    for l, layer in enumerate(p["layers"]):
+        first = next(getattr(layer, p["mlp"]).children())
+        first.register_forward_hook(lambda m, a, o, l=l: counts["mlp"].__setitem__(l, counts["mlp"][l] + 1))
+    with torch.no_grad():
+        run = record_corrupted(runner, graph, data, torch.arange(graph.n_src))
+        counts.update(qkv=0, mlp=[0] * L)
+        one = patched_metric(runner, graph, data, run, circuits[:1], CIRCUIT)
+        assert counts == {"qkv": 0, "mlp": [1] + [0] * (L - 1)}
+        both = patched_metric(runner, graph, data, run, circuits, CIRCUIT)
+        assert counts == {"qkv": 0, "mlp": [2] + [0] * (L - 2) + [1]}
+        patched_metric(runner, graph, data, run, ~circuits & graph.edge_mask, COMPLEMENT)
+        assert counts == {"qkv": L, "mlp": [3] + [1] * (L - 2) + [2]}
+    ref = torch.stack([literal_patched_metric(copy.deepcopy(any_model), graph, data, c) for c in circuits])
+    assert torch.allclose(both, ref, atol=1e-5, rtol=0) and torch.allclose(one[0], ref[0], atol=1e-5, rtol=0)
+    assert (ref[0] - ref[1]).abs().max() > 1e-3
+    assert not any("forward" in m.__dict__ for m in model.modules())

@@ -673,6 +673,29 @@ def test_evaluate_hf_model_padding_invariant(tok, datas):
     assert abs(one["metric"] - many["metric"]) < 1e-5 and one["accuracy"] == many["accuracy"]
 
 
+def test_evaluate_hf_model_unembeds_only_the_answers(tok, datas):
+    """A Hugging Face model is run up to each batch's last answer and unembedded at the answers only; every
+    example's metric equals the one read off the full logits of the whole padded prompts."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(1)
+    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    model = GPTNeoXForCausalLM(cfg).eval()
+    data = datas["sva"].slice(0, 40)
+    assert int(data.answer_pos.max()) + 1 < data.clean.shape[1] or len(set(data.lengths.tolist())) > 1
+    with torch.no_grad():
+        ref = metric(model(data.clean).logits, data)
+    shapes = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    try:
+        got = evaluate(model, data, batch_size=16, per_example=True)["per_example"]
+    finally:
+        handle.remove()
+    assert torch.allclose(got, ref, atol=1e-5, rtol=0)
+    assert shapes == [(16, 1, len(tok)), (16, 1, len(tok)), (8, 1, len(tok))]
+
+
 def _csv_with_bad_line(tmp_path, bad: str) -> tuple[str, int]:
     """A CSV of good rows with ``bad`` as its last record (line 7), after a record spanning three lines and a blank
     line, so that the line is the file's own, not a record count."""

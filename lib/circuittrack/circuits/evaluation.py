@@ -17,8 +17,11 @@ Each circuit takes the form with fewer *active* sources (sources with at least o
 those sources' outputs are recorded and differenced: memory and time scale with the circuit's nodes, not the
 model's. A head destination is patched per head and per q/k/v (its own LayerNorm copy and projection slice),
 and only for the heads some circuit of the pass touches; the rest keep the corrupted (circuit form) or current
-(complement form) projection. K circuits share one forward (the batch replicated K times, circuit-major), with
-one batched matmul per site and no loop over edges. Invariants (tested): the empty circuit reproduces the
+(complement form) projection. In circuit form a pass does not run what it already knows from the corrupted run:
+the q/k/v projections of the current residual (every destination input is rebuilt from the corrupted one) and
+each MLP no circuit of the pass has an edge into (its input is the corrupted one, so is its output). K circuits
+share one forward (the batch replicated K times, circuit-major), with one batched matmul per site and no loop
+over edges. Invariants (tested): the empty circuit reproduces the
 corrupted run, the full circuit the clean run, and random circuits match a literal per-edge implementation.
 """
 
@@ -34,7 +37,7 @@ from circuittrack.circuits.memory import Batching, check_size, oom_retry, plan_e
 from circuittrack.circuits.sources import (answer_metric, check_inputs, device_batches, f32, head_outputs, repeat_data,
                                           prefix_groups)
 from circuittrack.errors import InvalidInput
-from circuittrack.models.hooks import Hooks
+from circuittrack.models.hooks import Hooks, merge_hooks
 from circuittrack.models.runners import DEFAULT_BACKEND, Runner, get_runner
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
@@ -121,12 +124,14 @@ class CorruptedRun:
     sources: Tensor  # float32 [S, B, P, d]: their outputs
     inputs: dict = field(default_factory=dict)  # ("attn"|"mlp", l) or "final" -> [B, P, d] destination inputs
     qkv: dict = field(default_factory=dict)  # (l, t) -> [B, P, H, dh] projection outputs
+    mlp_out: dict = field(default_factory=dict)  # l -> [B, P, d] the MLP's residual write
 
 
 def record_corrupted(runner: Runner, graph: Graph, batch: TaskData, source_ids: Tensor,
                      with_inputs: bool = True) -> CorruptedRun:
     """Run the corrupted prompts once, keeping the outputs of ``source_ids`` (float32) and, ``with_inputs``, every
-    destination's input and every q/k/v projection (in the model's dtype) for circuit-form passes."""
+    destination's input, every q/k/v projection and every MLP's output (in the model's dtype) for circuit-form
+    passes."""
     a = runner.arch
     B, P = batch.corrupted.shape
     ids = source_ids.to(runner.device)
@@ -144,6 +149,7 @@ def record_corrupted(runner: Runner, graph: Graph, batch: TaskData, source_ids: 
             hooks.mlp_in = lambda l, x: run.inputs.__setitem__(("mlp", l), x.detach())
         hooks.final_in = lambda x: run.inputs.__setitem__("final", x.detach())
         hooks.qkv = lambda l, t, x: run.qkv.__setitem__((l, t), x.detach())
+        hooks = merge_hooks(hooks, Hooks(mlp_out=lambda l, y: run.mlp_out.__setitem__(l, y.detach())))
     runner.forward(batch.corrupted, hooks, batch.answer_pos)
     return run
 
@@ -226,7 +232,24 @@ class _PatchedPass:
         h.qkv = self._qkv
         h.mlp_in = self._mlp_in
         h.final_in = self._final_in
+        if self.form == CIRCUIT:
+            h.qkv_known = self._qkv_known
+            h.mlp_known = self._mlp_known
         return h
+
+    def _repeat(self, x: Tensor) -> Tensor:
+        """A corrupted-run tensor [B, P, ...] for every circuit of the pass: [K*B, P, ...]."""
+        return x.unsqueeze(0).expand(self.K, *x.shape).reshape(self.K * x.shape[0], *x.shape[1:])
+
+    def _qkv_known(self, l: int, ts: tuple[int, ...]) -> Tensor:
+        """Circuit form: a projection of the current residual is never read (:meth:`_qkv` starts from the
+        corrupted one), so the module gives the corrupted output instead of computing it."""
+        return self._repeat(self.a.merge_projection([self.run.qkv[(l, t)] for t in ts], ts))
+
+    def _mlp_known(self, l: int) -> Tensor | None:
+        """Circuit form: an MLP no circuit of the pass has an edge into reads the corrupted input, so it writes the
+        corrupted output."""
+        return None if self.touched[self.graph.dst_mlp(l)] else self._repeat(self.run.mlp_out[l])
 
     def _set_delta(self, first: int, cur: Tensor) -> None:  # cur [K*B, P, r, d]
         K, B, P, d = self.K, self.B, self.P, self.a.d_model

@@ -19,9 +19,16 @@ mlp_in_grad(l) dLoss/d(MLP LayerNorm input) through the MLP only     (backward) 
 mlp_out(l)     MLP output [B, P, d]                                  read / replace
 final_in       final LayerNorm input [B, P, d]                       read / replace
 final_in_grad  dLoss/d(final LayerNorm input)                        (backward) read
+mlp_known(l)   the MLP's residual write, when the caller knows it    give it (or None)
+qkv_known(l,   a projection module's whole output (the t in ts),      give it (or None)
+  ts)          when the caller knows it
 =============  ====================================================  =============================
 
 A forward callback returns ``None`` to leave the value alone or a tensor of the same shape to replace it.
+The ``*_known`` callbacks are only a saving: a tensor they give must be what the module would compute in this
+pass (e.g. a value recorded in an earlier pass on the same inputs). A runner that can (plain PyTorch) then skips
+running the module and uses the tensor; one that cannot runs the module as usual. Either way the pass computes
+the same thing, and the site's other callbacks (``mlp_out``, ``qkv``) still see the value.
 H_t is H for queries and the number of key/value heads for keys and values (grouped-query attention).
 Gradient callbacks fire during a later ``backward``/``autograd.grad`` of something computed from the logits;
 the runner attaches them to tensors that are really on the path to the loss (for the MLP input it inserts an
@@ -55,15 +62,18 @@ class Hooks:
     mlp_out: Callable[[int, Tensor], Tensor | None] | None = None
     final_in: Callable[[Tensor], Tensor | None] | None = None
     final_in_grad: Callable[[Tensor], None] | None = None
+    mlp_known: Callable[[int], Tensor | None] | None = None
+    qkv_known: Callable[[int, tuple[int, ...]], Tensor | None] | None = None
 
 
 _READ_SITES = ("attn_in",)
 _GRAD_SITES = ("qkv_grad", "mlp_in_grad", "final_in_grad")
+_KNOWN_SITES = ("mlp_known", "qkv_known")
 
 
 def merge_hooks(*hooks: Hooks) -> Hooks:
     """One :class:`Hooks` running several in order: replacements chain (each callback sees the value left by
-    the previous one), reads and gradient callbacks all run."""
+    the previous one), reads and gradient callbacks all run, a known value is the first one given."""
     hooks = tuple(h for h in hooks if h is not None)
     out = Hooks()
     for name in Hooks.__dataclass_fields__:
@@ -74,6 +84,8 @@ def merge_hooks(*hooks: Hooks) -> Hooks:
             setattr(out, name, fns[0])
         elif name in _READ_SITES or name in _GRAD_SITES:
             setattr(out, name, _fan_out(fns))
+        elif name in _KNOWN_SITES:
+            setattr(out, name, _first_known(fns))
         else:
             setattr(out, name, _chain(fns))
     return out
@@ -83,6 +95,17 @@ def _fan_out(fns):
     def run(*args):
         for fn in fns:
             fn(*args)
+
+    return run
+
+
+def _first_known(fns):
+    def run(*keys):
+        for fn in fns:
+            value = fn(*keys)
+            if value is not None:
+                return value
+        return None
 
     return run
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from circuittrack.errors import InvalidInput
@@ -17,8 +19,10 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
     ``per_example`` also ``per_example``: every example's metric (a float32 tensor [n], for bootstrap intervals).
 
     ``model(input_ids).logits`` must give [batch, P, V] next-token logits. Right padding needs no attention mask:
-    the causal model reads position ``answer_pos`` only from the real tokens before it. ``device`` defaults to
-    the device of the model's parameters. ``progress`` shows a bar (with the time left) on stderr.
+    the causal model reads position ``answer_pos`` only from the real tokens before it, so a batch runs only up to
+    its last answer position, and a model that takes ``logits_to_keep`` (Hugging Face's) unembeds only the
+    answer positions. ``device`` defaults to the device of the model's parameters. ``progress`` shows a bar (with
+    the time left) on stderr.
     """
     if batch_size < 1:
         raise InvalidInput(f"batch_size must be a positive integer, got {batch_size}")
@@ -29,10 +33,15 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
             device = torch.device("cpu")
     scores = []
     bar = progress_bar(progress, -(-len(data) // batch_size), f"evaluate {data.task}", unit="batch")
+    keep = _takes_logits_to_keep(model)
     for batch in data.batches(batch_size):
         b = batch.to(device)
-        logits = model(b.clean).logits  # [b, P, V]
-        scores.append(metric_per_example(answer_logits(logits, b), b).float().cpu())  # [b]
+        ids = b.clean[:, :int(b.answer_pos.max()) + 1]
+        if keep:
+            final = model(ids, logits_to_keep=b.answer_pos.view(-1, 1)).logits[:, 0]  # [b, V]
+        else:
+            final = answer_logits(model(ids).logits, b)  # [b, P, V] -> [b, V]
+        scores.append(metric_per_example(final, b).float().cpu())  # [b]
         bar.update(1)
     bar.close()
     values = torch.cat(scores)  # [n]
@@ -40,3 +49,11 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
     if per_example:
         out["per_example"] = values
     return out
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Whether ``model``'s forward takes per-example positions to unembed (Hugging Face causal LMs do)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False

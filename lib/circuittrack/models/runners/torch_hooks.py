@@ -39,6 +39,9 @@ class TorchRunner(Runner):
         def post(module, fn):
             handles.append(module.register_forward_hook(fn))
 
+        def known(module, fn):
+            handles.append(_KnownOutput(module, fn))
+
         def first_arg(args, new):
             return None if new is None else (new, *args[1:])
 
@@ -51,6 +54,9 @@ class TorchRunner(Runner):
                 if h.qkv is not None or h.qkv_grad is not None:
                     for path, ts in a.projection_sites():
                         post(get_path(layer, path), partial(self._qkv, h, l, ts))
+                if h.qkv_known is not None:
+                    for path, ts in a.projection_sites():
+                        known(get_path(layer, path), partial(h.qkv_known, l, ts))
                 if h.z is not None:
                     pre(get_path(layer, a.o_path), partial(self._z, h, l))
                 if h.attn_out is not None:
@@ -59,6 +65,8 @@ class TorchRunner(Runner):
                     pre(get_path(layer, a.site("mlp_in")), partial(self._mlp_in, h, l))
                 if h.mlp_out is not None:
                     post(get_path(layer, a.site("mlp_out")), lambda m, args, out, l=l: h.mlp_out(l, out))
+                if h.mlp_known is not None:
+                    known(get_path(layer, a.site("mlp_out")), partial(h.mlp_known, l))
             if h.final_in is not None or h.final_in_grad is not None:
                 pre(self._final_ln, partial(self._final_in, h))
             kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
@@ -66,7 +74,7 @@ class TorchRunner(Runner):
                 kw["past_key_values"] = prefix.cache(input_ids.shape[0])
             logits = self.module(input_ids=input_ids, use_cache=False, **kw).logits
         finally:
-            for hd in handles:
+            for hd in reversed(handles):
                 hd.remove()
         return logits if positions is None else logits[:, 0]
 
@@ -93,3 +101,26 @@ class TorchRunner(Runner):
         x = args[0]
         y = intervene_input(x, h.final_in, h.final_in_grad)
         return None if y is x else (y, *args[1:])
+
+
+class _KnownOutput:
+    """For one pass, a module whose output the caller may already know (``fn()`` gives it, or None): then the
+    module is not run, its hooks still are. Removed like a hook handle (the module's own ``forward`` restored)."""
+
+    _NONE = object()
+
+    def __init__(self, module: nn.Module, fn):
+        self.module, self.saved = module, module.__dict__.get("forward", self._NONE)
+        run = module.forward
+
+        def forward(*args, **kwargs):
+            value = fn()
+            return run(*args, **kwargs) if value is None else value
+
+        module.forward = forward
+
+    def remove(self) -> None:
+        if self.saved is self._NONE:
+            del self.module.forward
+        else:
+            self.module.forward = self.saved
