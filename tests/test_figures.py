@@ -316,3 +316,18 @@ def test_claims_side_by_side_agree_only_where_every_architecture_can_judge():
     assert list(t["claim"]) == ["A", "B", "C", "D"] and t.loc[0, "llama: value"] == "4"
     assert agreement(t) == ("2 of 4 claim rows are comparable in every architecture; the verdicts agree on 1 of them"
                             " and differ on 1.")
+
+
+def test_a_saved_figure_is_the_image_vega_draws(tmp_path):
+    """``theme.save`` writes the SVG vega renders and a PNG of it equal to the one vega-lite renders directly."""
+    import altair as alt
+    import vl_convert as vlc
+    from circuittrack.figures import theme
+
+    df = pd.DataFrame({"step": [1, 2, 4, 8, 16], "metric": [0.1, 0.4, 0.2, 0.9, 0.8], "model": list("aabbb")})
+    chart = alt.Chart(df).mark_line(point=True).encode(x="step:Q", y="metric:Q", color="model:N")
+    svg = theme.save(chart, "probe", "key-1\n", folder=tmp_path)
+    spec = chart.to_dict()
+    assert svg.read_text() == vlc.vegalite_to_svg(spec)
+    assert (tmp_path / "probe.png").read_bytes() == vlc.vegalite_to_png(spec, scale=2)
+    assert (tmp_path / "probe.keys.txt").read_text() == "key-1\n"

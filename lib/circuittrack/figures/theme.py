@@ -92,18 +92,19 @@ def figures_dir() -> Path:
 
 
 def save(chart: alt.TopLevelMixin, stem: str, keys_text: str | None = None, folder: Path | None = None) -> Path:
-    """Write ``<stem>.svg`` and ``<stem>.png`` (and ``<stem>.keys.txt``); returns the SVG path. The spec is not
-    validated against the Vega-Lite schema here (Altair validates it when the chart is shown, which
-    :meth:`~circuittrack.figures.source.Source.figure` does next; validation is most of ``to_dict``'s time), and
-    Vega-Lite itself refuses what it cannot draw."""
+    """Write ``<stem>.svg`` and ``<stem>.png`` (rasterised from that SVG) and ``<stem>.keys.txt``; returns the SVG
+    path. The spec is not validated against the Vega-Lite schema here (Altair validates it when the chart is
+    shown, which :meth:`~circuittrack.figures.source.Source.figure` does next; validation is most of
+    ``to_dict``'s time), and Vega-Lite itself refuses what it cannot draw."""
     import vl_convert as vlc
 
     folder = Path(folder or figures_dir())
     folder.mkdir(parents=True, exist_ok=True)
     spec = chart.to_dict(validate=False)
     svg = folder / f"{stem}.svg"
-    svg.write_text(vlc.vegalite_to_svg(spec))
-    (folder / f"{stem}.png").write_bytes(vlc.vegalite_to_png(spec, scale=2))
+    text = vlc.vegalite_to_svg(spec)
+    svg.write_text(text)
+    (folder / f"{stem}.png").write_bytes(vlc.svg_to_png(text, scale=2))  # the same image, without running vega again
     if keys_text is not None:
         (folder / f"{stem}.keys.txt").write_text(keys_text)
     return svg
