@@ -21,8 +21,8 @@ and only for the heads some circuit of the pass touches; the rest keep the corru
 the q/k/v projections of the current residual (every destination input is rebuilt from the corrupted one) and
 each MLP no circuit of the pass has an edge into (its input is the corrupted one, so is its output). K circuits
 share one forward (the batch replicated K times, circuit-major), with one batched matmul per site and no loop
-over edges. Invariants (tested): the empty circuit reproduces the
-corrupted run, the full circuit the clean run, and random circuits match a literal per-edge implementation.
+over edges. Invariants (tested): the empty circuit reproduces the corrupted run, the full circuit the clean run,
+and random circuits match a literal per-edge implementation.
 """
 
 from __future__ import annotations
