@@ -257,3 +257,62 @@ def test_wrappers_with_an_in_memory_tokenizer(neox_parallel):
         bridge = wrap_transformer_lens(copy.deepcopy(neox_parallel), tok)
         assert bridge.to_tokens("w5 w6 w7 w8").tolist() == ids.tolist()
         assert torch.allclose(bridge(ids), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["neox_parallel", "neox_sequential", "gpt2", "llama", "olmo2"])
+def test_the_last_layer_runs_the_answer_rows_only_when_logits_are_read_there(kind):
+    """With ``positions``, the torch runner runs the last layer's MLP and W_O on one row per prompt: the logits and
+    the gradients at the embeddings and MLP inputs equal the full pass's; without, every position runs; each
+    module's own ``forward`` is back after the pass, also when it fails."""
+    from conftest import make_gpt2
+    from test_architectures import make_arch
+
+    model = {"neox_parallel": lambda: make_neox(n_layers=3), "neox_sequential": lambda: make_neox(False, n_layers=3),
+             "gpt2": lambda: make_gpt2(n_layers=3)}.get(kind, lambda: make_arch(kind, n_layers=3))()
+    r = get_runner("torch", model)
+    a = r.arch
+    last = r._layers[-1]
+    rows_seen, own = [], {}
+    for path in (a.o_path, a.mlp_path):  # each module gets a forward of its own that counts the rows it runs
+        module = last.get_submodule(path)
+
+        def counting(x, *args, p=path, run=module.forward, **kw):
+            rows_seen.append((p, x.shape[:-1].numel()))
+            return run(x, *args, **kw)
+
+        module.forward = own[path] = counting
+    ids = torch.randint(3, 40, (3, 7), generator=torch.Generator().manual_seed(0))
+    pos = torch.tensor([6, 2, 4])
+    tokens = torch.tensor([1, 7])
+
+    def run(positions):
+        leaf = {}
+        hooks = Hooks(resid0=lambda x: leaf.setdefault("x", x.detach().requires_grad_()),
+                      mlp_in_grad=lambda l, g: leaf.setdefault(("mlp", l), g.clone()))
+        logits = r.forward(ids, hooks, positions)
+        picked = logits if positions is not None else logits[torch.arange(3), pos]
+        picked[:, tokens].sum().backward()
+        return picked.detach(), leaf["x"].grad, [leaf[("mlp", l)] for l in range(a.n_layers)]
+
+    rows_seen.clear()
+    full = run(None)
+    assert sorted(rows_seen) == sorted([(a.o_path, 21), (a.mlp_path, 21)])
+    rows_seen.clear()
+    answer = run(pos)
+    assert sorted(rows_seen) == sorted([(a.o_path, 3), (a.mlp_path, 3)])
+    assert torch.allclose(answer[0], full[0], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(answer[1], full[1], atol=1e-6, rtol=1e-5)
+    for g_answer, g_full in zip(answer[2], full[2]):
+        assert torch.allclose(g_answer, g_full, atol=1e-6, rtol=1e-5)
+
+    def restored():
+        return all(last.get_submodule(p).__dict__.get("forward") is f for p, f in own.items())
+
+    assert restored()
+
+    def fail(l, x):
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError, match="no"), torch.no_grad():
+        r.forward(ids, Hooks(mlp_out=fail), pos)
+    assert restored()

@@ -65,7 +65,9 @@ class Runner(ABC):
                 prefix: Prefix | None = None) -> Tensor:
         """Run ``input_ids`` [B, P]; logits [B, P, V], or [B, V] at ``positions`` [B] when given.
 
-        Computing the unembedding only where the metric reads it saves most of the vocabulary cost. With a
+        Computing the unembedding only where the metric reads it saves most of the vocabulary cost; the torch
+        runner then also runs the last layer's MLP and W_O on those rows only (their outputs elsewhere reach no
+        computed logit; hooks see zeros there, and gradients are unchanged). With a
         ``prefix`` (only where :attr:`supports_prefix`), ``input_ids`` are the positions after it: hooks see
         those positions only, and ``positions`` count from the first of them.
         """

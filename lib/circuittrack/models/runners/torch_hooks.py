@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from torch import Tensor, nn
 
 from circuittrack.errors import InvalidInput
@@ -46,6 +47,10 @@ class TorchRunner(Runner):
             return None if new is None else (new, *args[1:])
 
         try:
+            if positions is not None and input_ids.shape[1] > 1:
+                last = self._layers[-1]
+                for path in (a.o_path, a.mlp_path):
+                    handles.append(_AnswerRowsOnly(get_path(last, path), positions))
             if h.resid0 is not None:
                 pre(self._layers[0], lambda m, args: first_arg(args, h.resid0(args[0])))
             for l, layer in enumerate(self._layers):
@@ -103,14 +108,35 @@ class TorchRunner(Runner):
         return None if y is x else (y, *args[1:])
 
 
+class _AnswerRowsOnly:
+    """For one pass whose logits are read at one position per row: a last-layer module (the MLP, attention's output
+    projection) whose outputs elsewhere reach no logit that is computed runs on those rows only, and writes zeros
+    at the other positions. Removed like a hook handle (the module's own ``forward`` restored)."""
+
+    def __init__(self, module: nn.Module, positions: Tensor):
+        self.module, self.saved = module, module.__dict__.get("forward", _CLASS_FORWARD)
+        run = module.forward
+
+        def forward(x: Tensor, *args, **kwargs):
+            rows = torch.arange(x.shape[0], device=x.device)
+            pos = positions.to(x.device)
+            y = run(x[rows, pos].unsqueeze(1), *args, **kwargs)
+            out = y.new_zeros(*x.shape[:2], *y.shape[2:])
+            out[rows, pos] = y[:, 0]
+            return out
+
+        module.forward = forward
+
+    def remove(self) -> None:
+        _restore(self.module, self.saved)
+
+
 class _KnownOutput:
     """For one pass, a module whose output the caller may already know (``fn()`` gives it, or None): then the
     module is not run, its hooks still are. Removed like a hook handle (the module's own ``forward`` restored)."""
 
-    _NONE = object()
-
     def __init__(self, module: nn.Module, fn):
-        self.module, self.saved = module, module.__dict__.get("forward", self._NONE)
+        self.module, self.saved = module, module.__dict__.get("forward", _CLASS_FORWARD)
         run = module.forward
 
         def forward(*args, **kwargs):
@@ -120,7 +146,15 @@ class _KnownOutput:
         module.forward = forward
 
     def remove(self) -> None:
-        if self.saved is self._NONE:
-            del self.module.forward
-        else:
-            self.module.forward = self.saved
+        _restore(self.module, self.saved)
+
+
+_CLASS_FORWARD = object()  # a module without a ``forward`` of its own (its class's is used)
+
+
+def _restore(module: nn.Module, saved) -> None:
+    """Put back a module's own ``forward``, or none (``saved`` is ``_CLASS_FORWARD``)."""
+    if saved is _CLASS_FORWARD:
+        del module.forward
+    else:
+        module.forward = saved
