@@ -277,15 +277,17 @@ def test_out_of_memory_halves_and_retries_then_fails_clearly(neox_parallel, monk
 
 
 def test_circuit_form_does_not_run_what_the_corrupted_run_knows(any_model, monkeypatch):
-    """In circuit form the q/k/v projections of the current residual and every MLP that no circuit of the pass
-    has an edge into are not run (the corrupted run gave their outputs); the metrics still equal the literal
-    reference, and in complement form everything runs."""
+    """In circuit form the q/k/v projections of the current residual, every MLP that no circuit of the pass has
+    an edge into and the attention of every layer none of whose heads it has an edge into are not run (the
+    corrupted run gave their outputs); the metrics still equal the literal reference, and in complement form
+    everything runs."""
     from conftest import make_task
 
     data = make_task(seed=16)
     graph = Graph.from_config(any_model.config)
     L = graph.n_layers
-    names = [["input->a0.h1<k>", "a0.h1->logits", "input->m0", "m0->logits"],
+    # a{L-1}.h2 is a source of the first circuit in a layer whose attention is skipped: its difference is zero
+    names = [["input->a0.h1<k>", "a0.h1->logits", "input->m0", "m0->logits", f"a{L - 1}.h2->logits"],
              ["input->a0.h1<k>", "a0.h1->logits", f"a0.h1->m{L - 1}", f"m{L - 1}->logits"]]
     circuits = torch.zeros(2, graph.n_src, graph.n_dst, dtype=torch.bool)
     for k, edges in enumerate(names):
@@ -295,7 +297,7 @@ def test_circuit_form_does_not_run_what_the_corrupted_run_knows(any_model, monke
     p = _parts(model)
     runner = get_runner("torch", model)
     qkv_module = _get(p["layers"][0], p["qkv"])
-    counts = {"qkv": 0, "mlp": [0] * L}
+    counts = {"qkv": 0, "mlp": [0] * L, "attn": [0] * L}
     run_qkv = type(qkv_module).forward
 
     def counting(self, *args, **kw):
@@ -306,15 +308,17 @@ def test_circuit_form_does_not_run_what_the_corrupted_run_knows(any_model, monke
     for l, layer in enumerate(p["layers"]):
         first = next(getattr(layer, p["mlp"]).children())
         first.register_forward_hook(lambda m, a, o, l=l: counts["mlp"].__setitem__(l, counts["mlp"][l] + 1))
+        _get(layer, p["o"]).register_forward_hook(
+            lambda m, a, o, l=l: counts["attn"].__setitem__(l, counts["attn"][l] + 1))
     with torch.no_grad():
         run = record_corrupted(runner, graph, data, torch.arange(graph.n_src))
-        counts.update(qkv=0, mlp=[0] * L)
+        counts.update(qkv=0, mlp=[0] * L, attn=[0] * L)
         one = patched_metric(runner, graph, data, run, circuits[:1], CIRCUIT)
-        assert counts == {"qkv": 0, "mlp": [1] + [0] * (L - 1)}
+        assert counts == {"qkv": 0, "mlp": [1] + [0] * (L - 1), "attn": [1] + [0] * (L - 1)}
         both = patched_metric(runner, graph, data, run, circuits, CIRCUIT)
-        assert counts == {"qkv": 0, "mlp": [2] + [0] * (L - 2) + [1]}
+        assert counts == {"qkv": 0, "mlp": [2] + [0] * (L - 2) + [1], "attn": [2] + [0] * (L - 1)}
         patched_metric(runner, graph, data, run, ~circuits & graph.edge_mask, COMPLEMENT)
-        assert counts == {"qkv": L, "mlp": [3] + [1] * (L - 2) + [2]}
+        assert counts == {"qkv": L, "mlp": [3] + [1] * (L - 2) + [2], "attn": [3] + [1] * (L - 1)}
     ref = torch.stack([literal_patched_metric(copy.deepcopy(any_model), graph, data, c) for c in circuits])
     assert torch.allclose(both, ref, atol=1e-5, rtol=0) and torch.allclose(one[0], ref[0], atol=1e-5, rtol=0)
     assert (ref[0] - ref[1]).abs().max() > 1e-3

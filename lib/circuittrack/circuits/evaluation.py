@@ -18,8 +18,9 @@ those sources' outputs are recorded and differenced: memory and time scale with 
 model's. A head destination is patched per head and per q/k/v (its own LayerNorm copy and projection slice),
 and only for the heads some circuit of the pass touches; the rest keep the corrupted (circuit form) or current
 (complement form) projection. In circuit form a pass does not run what it already knows from the corrupted run:
-the q/k/v projections of the current residual (every destination input is rebuilt from the corrupted one) and
-each MLP no circuit of the pass has an edge into (its input is the corrupted one, so is its output). K circuits
+the q/k/v projections of the current residual (every destination input is rebuilt from the corrupted one), each
+MLP no circuit of the pass has an edge into (its input is the corrupted one, so is its output) and, likewise, the
+attention of each layer none of whose heads a circuit of the pass has an edge into. K circuits
 share one forward (the batch replicated K times, circuit-major), with one batched matmul per site and no loop
 over edges. Invariants (tested): the empty circuit reproduces the corrupted run, the full circuit the clean run,
 and random circuits match a literal per-edge implementation.
@@ -125,13 +126,15 @@ class CorruptedRun:
     inputs: dict = field(default_factory=dict)  # ("attn"|"mlp", l) or "final" -> [B, P, d] destination inputs
     qkv: dict = field(default_factory=dict)  # (l, t) -> [B, P, H, dh] projection outputs
     mlp_out: dict = field(default_factory=dict)  # l -> [B, P, d] the MLP's residual write
+    attn_out: dict = field(default_factory=dict)  # l -> [B, P, d] the attention module's output (no post-norm)
 
 
 def record_corrupted(runner: Runner, graph: Graph, batch: TaskData, source_ids: Tensor,
                      with_inputs: bool = True) -> CorruptedRun:
     """Run the corrupted prompts once, keeping the outputs of ``source_ids`` (float32) and, ``with_inputs``, every
     destination's input, every q/k/v projection and every MLP's output (in the model's dtype) for circuit-form
-    passes."""
+    passes (and, where the runner skips known modules and there is no post-norm, every attention module's
+    output)."""
     a = runner.arch
     B, P = batch.corrupted.shape
     ids = source_ids.to(runner.device)
@@ -150,6 +153,8 @@ def record_corrupted(runner: Runner, graph: Graph, batch: TaskData, source_ids: 
         hooks.final_in = lambda x: run.inputs.__setitem__("final", x.detach())
         hooks.qkv = lambda l, t, x: run.qkv.__setitem__((l, t), x.detach())
         hooks = merge_hooks(hooks, Hooks(mlp_out=lambda l, y: run.mlp_out.__setitem__(l, y.detach())))
+        if runner.skips_known and not a.post_norm:  # W_O's output is then the attention module's
+            hooks.attn_out = lambda l, y: run.attn_out.__setitem__(l, y.detach())
     runner.forward(batch.corrupted, hooks, batch.answer_pos)
     return run
 
@@ -235,6 +240,8 @@ class _PatchedPass:
         if self.form == CIRCUIT:
             h.qkv_known = self._qkv_known
             h.mlp_known = self._mlp_known
+            if self.run.attn_out:
+                h.attn_known = self._attn_known
         return h
 
     def _repeat(self, x: Tensor) -> Tensor:
@@ -250,6 +257,18 @@ class _PatchedPass:
         """Circuit form: an MLP no circuit of the pass has an edge into reads the corrupted input, so it writes the
         corrupted output."""
         return None if self.touched[self.graph.dst_mlp(l)] else self._repeat(self.run.mlp_out[l])
+
+    def _attn_known(self, l: int) -> Tensor | None:
+        """Circuit form: a layer whose heads no circuit of the pass has an edge into reads the corrupted q, k and v,
+        so its attention writes the corrupted output, and its heads' outputs differ from the corrupted ones by
+        zero (set here: a runner that skips the module does not show them)."""
+        a, g = self.a, self.graph
+        c0 = g.dst_head(l, 0, "q")
+        if self.touched[c0:c0 + sum(a.heads(t) for t in range(3))].any():
+            return None
+        for pos, _ in self.writer.slots(g.src_head(l, 0), a.n_heads):
+            self.delta[:, pos] = 0
+        return self._repeat(self.run.attn_out[l])
 
     def _set_delta(self, first: int, cur: Tensor) -> None:  # cur [K*B, P, r, d]
         K, B, P, d = self.K, self.B, self.P, self.a.d_model

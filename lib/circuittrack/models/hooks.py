@@ -22,13 +22,18 @@ final_in_grad  dLoss/d(final LayerNorm input)                        (backward) 
 mlp_known(l)   the MLP's residual write, when the caller knows it    give it (or None)
 qkv_known(l,   a projection module's whole output (the t in ts),      give it (or None)
   ts)          when the caller knows it
+attn_known(l)  the attention module's output (W_O's, before any      give it (or None)
+               post-norm), when the caller knows it
 =============  ====================================================  =============================
 
 A forward callback returns ``None`` to leave the value alone or a tensor of the same shape to replace it.
 The ``*_known`` callbacks are only a saving: a tensor they give must be what the module would compute in this
 pass (e.g. a value recorded in an earlier pass on the same inputs). A runner that can (plain PyTorch) then skips
 running the module and uses the tensor; one that cannot runs the module as usual. Either way the pass computes
-the same thing, and the site's other callbacks (``mlp_out``, ``qkv``) still see the value.
+the same thing, and the site's other callbacks (``mlp_out``, ``qkv``) still see the value. ``attn_known`` is
+the exception: a runner that skips the attention module does not call the callbacks of the sites inside it
+(``qkv``, ``qkv_known``, ``z``, and ``attn_out`` where W_O's output is the residual write), so a caller that gives
+it must not need them.
 H_t is H for queries and the number of key/value heads for keys and values (grouped-query attention).
 Gradient callbacks fire during a later ``backward``/``autograd.grad`` of something computed from the logits;
 the runner attaches them to tensors that are really on the path to the loss (for the MLP input it inserts an
@@ -64,11 +69,12 @@ class Hooks:
     final_in_grad: Callable[[Tensor], None] | None = None
     mlp_known: Callable[[int], Tensor | None] | None = None
     qkv_known: Callable[[int, tuple[int, ...]], Tensor | None] | None = None
+    attn_known: Callable[[int], Tensor | None] | None = None
 
 
 _READ_SITES = ("attn_in",)
 _GRAD_SITES = ("qkv_grad", "mlp_in_grad", "final_in_grad")
-_KNOWN_SITES = ("mlp_known", "qkv_known")
+_KNOWN_SITES = ("mlp_known", "qkv_known", "attn_known")
 
 
 def merge_hooks(*hooks: Hooks) -> Hooks:

@@ -47,6 +47,8 @@ class Runner(ABC):
     backend: str = "?"
     #: Whether :meth:`forward` takes a ``prefix`` (:meth:`encode_prefix`); runners that do not run every position.
     supports_prefix: bool = False
+    #: Whether a module whose output a ``*_known`` hook gives is skipped (else it runs; see models/hooks.py).
+    skips_known: bool = False
 
     def __init__(self, arch: ArchAdapter, module: nn.Module):
         self.arch = arch
@@ -116,7 +118,7 @@ class PrefixedRunner(Runner):
 
     def __init__(self, inner: Runner, prefix: Prefix):
         super().__init__(inner.arch, inner.module)
-        self.inner, self.prefix, self.backend = inner, prefix, inner.backend
+        self.inner, self.prefix, self.backend, self.skips_known = inner, prefix, inner.backend, inner.skips_known
 
     def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None,
                 prefix: Prefix | None = None) -> Tensor:

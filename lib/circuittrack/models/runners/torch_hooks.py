@@ -18,6 +18,7 @@ class TorchRunner(Runner):
 
     backend = "torch"
     supports_prefix = True
+    skips_known = True
 
     def __init__(self, model: nn.Module):
         if is_wrapped_by_transformer_lens(model):
@@ -62,6 +63,8 @@ class TorchRunner(Runner):
                 if h.qkv_known is not None:
                     for path, ts in a.projection_sites():
                         known(get_path(layer, path), partial(h.qkv_known, l, ts))
+                if h.attn_known is not None:
+                    known(get_path(layer, a.attn_path), partial(self._attn_known, h, l))
                 if h.z is not None:
                     pre(get_path(layer, a.o_path), partial(self._z, h, l))
                 if h.attn_out is not None:
@@ -82,6 +85,11 @@ class TorchRunner(Runner):
             for hd in reversed(handles):
                 hd.remove()
         return logits if positions is None else logits[:, 0]
+
+    @staticmethod
+    def _attn_known(h: Hooks, l: int):
+        value = h.attn_known(l)
+        return None if value is None else (value, None)  # (output, attention weights), as the module returns
 
     @staticmethod
     def _attn_in(h: Hooks, l: int, module, args):
