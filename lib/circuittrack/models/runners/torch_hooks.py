@@ -127,7 +127,7 @@ class _AnswerRowsOnly:
 
         def forward(x: Tensor, *args, **kwargs):
             rows = torch.arange(x.shape[0], device=x.device)
-            pos = positions.to(x.device)
+            pos = positions.reshape(-1).to(x.device)
             y = run(x[rows, pos].unsqueeze(1), *args, **kwargs)
             out = y.new_zeros(*x.shape[:2], *y.shape[2:])
             out[rows, pos] = y[:, 0]
