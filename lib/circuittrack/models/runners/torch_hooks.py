@@ -116,53 +116,52 @@ class TorchRunner(Runner):
         return None if y is x else (y, *args[1:])
 
 
-class _AnswerRowsOnly:
+class _SwappedForward:
+    """For one pass, a module's ``forward`` replaced by ``self.forward(run, ...)`` (``run``: the one it had);
+    removed like a hook handle, which puts the module's own ``forward`` back (or none, if it had none)."""
+
+    _CLASS_FORWARD = object()
+
+    def __init__(self, module: nn.Module):
+        self.module, self.saved = module, module.__dict__.get("forward", self._CLASS_FORWARD)
+        module.forward = partial(self.forward, module.forward)
+
+    def forward(self, run, *args, **kwargs):
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        if self.saved is self._CLASS_FORWARD:
+            del self.module.forward
+        else:
+            self.module.forward = self.saved
+
+
+class _AnswerRowsOnly(_SwappedForward):
     """For one pass whose logits are read at one position per row: a last-layer module (the MLP, attention's output
     projection) whose outputs elsewhere reach no logit that is computed runs on those rows only, and writes zeros
-    at the other positions. Removed like a hook handle (the module's own ``forward`` restored)."""
+    at the other positions."""
 
     def __init__(self, module: nn.Module, positions: Tensor):
-        self.module, self.saved = module, module.__dict__.get("forward", _CLASS_FORWARD)
-        run = module.forward
+        self.pos = positions.reshape(-1)
+        self.rows = torch.arange(len(self.pos), device=positions.device)
+        super().__init__(module)
 
-        def forward(x: Tensor, *args, **kwargs):
-            rows = torch.arange(x.shape[0], device=x.device)
-            pos = positions.reshape(-1).to(x.device)
-            y = run(x[rows, pos].unsqueeze(1), *args, **kwargs)
-            out = y.new_zeros(*x.shape[:2], *y.shape[2:])
-            out[rows, pos] = y[:, 0]
-            return out
-
-        module.forward = forward
-
-    def remove(self) -> None:
-        _restore(self.module, self.saved)
+    def forward(self, run, x: Tensor, *args, **kwargs):
+        rows, pos = self.rows.to(x.device), self.pos.to(x.device)
+        y = run(x[rows, pos].unsqueeze(1), *args, **kwargs)
+        out = y.new_zeros(*x.shape[:2], *y.shape[2:])
+        out[rows, pos] = y[:, 0]
+        return out
 
 
-class _KnownOutput:
+class _KnownOutput(_SwappedForward):
     """For one pass, a module whose output the caller may already know (``fn()`` gives it, or None): then the
-    module is not run, its hooks still are. Removed like a hook handle (the module's own ``forward`` restored)."""
+    module is not run, its hooks still are."""
 
     def __init__(self, module: nn.Module, fn):
-        self.module, self.saved = module, module.__dict__.get("forward", _CLASS_FORWARD)
-        run = module.forward
+        self.fn = fn
+        super().__init__(module)
 
-        def forward(*args, **kwargs):
-            value = fn()
-            return run(*args, **kwargs) if value is None else value
-
-        module.forward = forward
-
-    def remove(self) -> None:
-        _restore(self.module, self.saved)
-
-
-_CLASS_FORWARD = object()  # a module without a ``forward`` of its own (its class's is used)
-
-
-def _restore(module: nn.Module, saved) -> None:
-    """Put back a module's own ``forward``, or none (``saved`` is ``_CLASS_FORWARD``)."""
-    if saved is _CLASS_FORWARD:
-        del module.forward
-    else:
-        module.forward = saved
+    def forward(self, run, *args, **kwargs):
+        value = self.fn()
+        return run(*args, **kwargs) if value is None else value
