@@ -20,14 +20,16 @@ revisions evicted. Targets (printed, not asserted), on an H100-class GPU: EAP-IG
 passes at the 2.8b shape; the 2.8b size search under 2 minutes. The whole check is sized for at most 8 minutes.
 
 ``--smoke`` runs the same stages on the CPU at tiny shapes (what the test suite runs, so the script cannot rot on a
-machine without a GPU). Run as ``bash benchmarks/gpu_check.sh`` (writes ``benchmarks/out/gpu_check.json``).
+machine without a GPU). Run as ``bash benchmarks/gpu_check.sh`` (writes ``benchmarks/out/gpu_check.json``);
+``--shapes pythia-2.8b`` runs one shape. The JSON is rewritten after every stage (``"complete": false`` until the
+end), so a run stopped by a time limit keeps the figures it had; a stage that fails records its error and the
+check goes on to the next (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -93,7 +95,23 @@ def gradient_passes(model, data, m: int, bs: int, dev: str) -> None:
         p.requires_grad_(True)
 
 
-def check_shape(name: str, shape, args) -> dict:
+def run_stage(out: dict, key: str, fn, save) -> None:
+    """``out[key] = fn()``, or the error it raised (``{"error": ...}``: the check goes on); then ``save()``, so
+    the JSON on disk holds every finished stage."""
+    try:
+        out[key] = fn()
+    except Exception as e:  # noqa: BLE001 -- one stage's failure (e.g. out of memory) must not lose the others
+        out[key] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the failed stage held, for the next one
+    save()
+    said = f"failed: {out[key]['error'][:300]}" if isinstance(out[key], dict) and "error" in out[key] else "done"
+    where = f"{out['shape']} {key}" if "shape" in out else key
+    print(f"gpu_check: {where} {said}", file=sys.stderr, flush=True)
+
+
+def check_shape(name: str, shape, args, out: dict, save) -> None:
+    """Every stage on one random model of ``shape``, each recorded into ``out`` (and saved) as it finishes."""
     from circuittrack.circuits.attribution import attribute
     from circuittrack.circuits.evaluation import evaluate_circuits
     from circuittrack.circuits.graph import Graph
@@ -107,46 +125,67 @@ def check_shape(name: str, shape, args) -> dict:
     model = neox(*shape, vocab).to(dev, dtype).eval()
     graph = Graph.from_config(model.config)
     data = make_data(vocab, args.n_examples, args.seq_len)
-    out: dict = {"shape": name, "layers": shape[0], "d_model": shape[1], "heads": shape[2], "edges": graph.n_edges,
-                 "params": sum(p.numel() for p in model.parameters())}
+    out.update({"shape": name, "layers": shape[0], "d_model": shape[1], "heads": shape[2], "edges": graph.n_edges,
+                "params": sum(p.numel() for p in model.parameters())})
     m, bs = args.ig_steps, args.batch_size
-    warm = data.slice(0, min(bs, len(data)))  # warm-up (kernels, allocator, lazy imports), not timed
-    gradient_passes(model, warm, 1, bs, dev)
-    attribute(model, graph, warm, "eap-ig-inputs", ig_steps=2, batch_size=bs, progress=False)
-    _, t_ref, mem_ref = timed(dev, lambda: gradient_passes(model, data, m, bs, dev))
-    scores, t_eap, mem_eap = timed(dev, lambda: attribute(model, graph, data, "eap-ig-inputs", ig_steps=m,
-                                                          batch_size=bs, progress=False))
-    _, t_one, mem_one = timed(dev, lambda: attribute(model, graph, data, "eap-ig-inputs", ig_steps=m, batch_size=bs,
-                                                     ig_batch=1, progress=False))  # one point a pass, side by side
-    _, t_all, mem_all = timed(dev, lambda: attribute(model, graph, data, "eap-ig-inputs", ig_steps=m, batch_size=bs,
-                                                     reuse_prefix=False, progress=False))  # every position a pass
-    out["eap_ig"] = {"seconds": t_eap, "m_gradient_passes_seconds": t_ref, "ratio": t_eap / t_ref,
-                     "peak_mb": mem_eap, "gradient_passes_peak_mb": mem_ref, "target_ratio": TARGET_EAP_RATIO,
-                     "one_point_per_pass_seconds": t_one, "one_point_per_pass_ratio": t_one / t_ref,
-                     "one_point_per_pass_peak_mb": mem_one, "every_position_seconds": t_all,
-                     "every_position_ratio": t_all / t_ref, "every_position_peak_mb": mem_all}
-    order, t_greedy, _ = timed(dev, lambda: greedy_order(graph, scores.cpu()))
-    out["greedy_order"] = {"seconds": t_greedy, "edges": int(len(order))}
+    got: dict = {}  # EAP-IG's scores, for the stages after it
 
-    def evaluate(masks):
-        return evaluate_circuits(model, graph, data, masks, batch_size=bs, circuit_batch=8)
+    def eap_ig() -> dict:
+        warm = data.slice(0, min(bs, len(data)))  # warm-up (kernels, allocator, lazy imports), not timed
+        gradient_passes(model, warm, 1, bs, dev)
+        attribute(model, graph, warm, "eap-ig-inputs", ig_steps=2, batch_size=bs, progress=False)
+        _, t_ref, mem_ref = timed(dev, lambda: gradient_passes(model, data, m, bs, dev))
+        got["scores"], t_eap, mem_eap = timed(dev, lambda: attribute(model, graph, data, "eap-ig-inputs",
+                                                                     ig_steps=m, batch_size=bs, progress=False))
+        _, t_one, mem_one = timed(dev, lambda: attribute(model, graph, data, "eap-ig-inputs", ig_steps=m,
+                                                         batch_size=bs, ig_batch=1, progress=False))  # one point a pass
+        _, t_all, mem_all = timed(dev, lambda: attribute(model, graph, data, "eap-ig-inputs", ig_steps=m,
+                                                         batch_size=bs, reuse_prefix=False, progress=False))
+        return {"seconds": t_eap, "m_gradient_passes_seconds": t_ref, "ratio": t_eap / t_ref,
+                "peak_mb": mem_eap, "gradient_passes_peak_mb": mem_ref, "target_ratio": TARGET_EAP_RATIO,
+                "one_point_per_pass_seconds": t_one, "one_point_per_pass_ratio": t_one / t_ref,
+                "one_point_per_pass_peak_mb": mem_one, "every_position_seconds": t_all,
+                "every_position_ratio": t_all / t_ref, "every_position_peak_mb": mem_all}
 
-    size, t_search, mem_search = timed(dev, lambda: find_circuit_size(graph, scores, evaluate,
-                                                                      max_size=args.max_size, k=8))
-    out["size_search"] = {"seconds": t_search, "status": size.status, "size": size.size,
-                          "calls": size.n_evaluate_calls, "peak_mb": mem_search, "target_seconds": TARGET_SEARCH_S}
-    pp, t_pp, _ = timed(dev, lambda: path_patch(model, data.slice(0, args.path_examples), receivers="logits",
-                                                batch_size=bs))
-    out["path_patching"] = {"seconds": t_pp, "senders": len(pp), "finite": bool(pp["patched"].notna().all())}
-    heads, t_heads, _ = timed(dev, lambda: induction_scores(model, length=args.induction_length))
-    out["head_scores"] = {"seconds": t_heads, "heads": len(heads),
-                          "finite": bool(heads[["induction", "duplicate", "previous"]].notna().all().all())}
-    out["oom_halving"] = oom_halving(model, graph, data, scores, args) if dev.startswith("cuda") else \
-        {"skipped": "needs CUDA (a memory cap)"}
-    del model
+    def scores():
+        if "scores" not in got:
+            raise RuntimeError("needs the EAP-IG scores, and that stage failed")
+        return got["scores"]
+
+    def greedy() -> dict:
+        order, t_greedy, _ = timed(dev, lambda: greedy_order(graph, scores().cpu()))
+        return {"seconds": t_greedy, "edges": int(len(order))}
+
+    def search() -> dict:
+        def evaluate(masks):
+            return evaluate_circuits(model, graph, data, masks, batch_size=bs, circuit_batch=8)
+
+        size, t_search, mem_search = timed(dev, lambda: find_circuit_size(graph, scores(), evaluate,
+                                                                          max_size=args.max_size, k=8))
+        return {"seconds": t_search, "status": size.status, "size": size.size, "calls": size.n_evaluate_calls,
+                "peak_mb": mem_search, "target_seconds": TARGET_SEARCH_S}
+
+    def patching() -> dict:
+        pp, t_pp, _ = timed(dev, lambda: path_patch(model, data.slice(0, args.path_examples), receivers="logits",
+                                                    batch_size=bs))
+        return {"seconds": t_pp, "senders": len(pp), "finite": bool(pp["patched"].notna().all())}
+
+    def head_scores() -> dict:
+        heads, t_heads, _ = timed(dev, lambda: induction_scores(model, length=args.induction_length))
+        return {"seconds": t_heads, "heads": len(heads),
+                "finite": bool(heads[["induction", "duplicate", "previous"]].notna().all().all())}
+
+    def halving() -> dict:
+        if not dev.startswith("cuda"):
+            return {"skipped": "needs CUDA (a memory cap)"}
+        return oom_halving(model, graph, data, scores(), args)
+
+    for key, fn in (("eap_ig", eap_ig), ("greedy_order", greedy), ("size_search", search),
+                    ("path_patching", patching), ("head_scores", head_scores), ("oom_halving", halving)):
+        run_stage(out, key, fn, save)
+    del model, got
     if dev.startswith("cuda"):
         torch.cuda.empty_cache()
-    return out
 
 
 def oom_halving(model, graph, data, scores, args) -> dict:
@@ -218,9 +257,18 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 (float32 with --smoke)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "gpu_check.json")
+    ap.add_argument("--shapes", default=None,
+                    help=f"comma-separated, default all: {', '.join(SHAPES)} (with --smoke: {', '.join(SMOKE_SHAPES)})")
     args = ap.parse_args(argv)
     args.device = args.device or ("cpu" if args.smoke else "cuda")
     args.dtype = args.dtype or ("float32" if args.smoke else "bfloat16")
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    chosen = args.shapes.split(",") if args.shapes else list(shapes)
+    unknown = [c for c in chosen if c not in shapes]
+    if unknown or not chosen:
+        print(f"gpu_check: unknown shape(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(shapes)}",
+              file=sys.stderr)
+        return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it on a GPU machine (or --smoke for the CPU path)",
               file=sys.stderr)
@@ -231,25 +279,48 @@ def main(argv=None) -> int:
     args.path_examples, args.induction_length = (4, 8) if small else (16, 100)
     t0 = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-              "dtype": args.dtype, "torch": torch.__version__, "shapes": []}
-    for name, shape in (SMOKE_SHAPES if small else SHAPES).items():
+              "dtype": args.dtype, "torch": torch.__version__, "complete": False, "shapes": []}
+
+    def save() -> None:  # the whole report so far, replaced in one step (a reader never sees half a file)
+        report["seconds"] = time.perf_counter() - t0
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        tmp.replace(args.out)
+
+    for name in chosen:
         print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
-        report["shapes"].append(check_shape(name, shape, args))
+        out: dict = {"shape": name}
+        report["shapes"].append(out)
+        check_shape(name, shapes[name], args, out, save)
     print("gpu_check: fake hub sweep ...", file=sys.stderr, flush=True)
-    report["fake_hub_sweep"] = fake_hub_sweep(args)
-    report["seconds"] = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=lambda v: None if isinstance(v, float) and
-                                   math.isnan(v) else str(v)) + "\n")
+    run_stage(report, "fake_hub_sweep", lambda: fake_hub_sweep(args), save)
+    report["complete"] = True
+    save()
     for s in report["shapes"]:
-        e, z = s["eap_ig"], s["size_search"]
-        print(f"{s['shape']}: {s['edges']:,} edges; EAP-IG {e['seconds']:.1f} s = {e['ratio']:.2f}x m gradient passes"
-              f" (target <= {TARGET_EAP_RATIO}; one point a pass {e['one_point_per_pass_ratio']:.2f}x, every position"
-              f" {e['every_position_ratio']:.2f}x); size search {z['seconds']:.1f} s ({z['status']}, {z['calls']} calls;"
-              f" target < {TARGET_SEARCH_S:.0f} s); path patching {s['path_patching']['seconds']:.1f} s; "
-              f"OOM halving {s['oom_halving']}")
+        print(summary_line(s))
     print(f"fake hub sweep: {report['fake_hub_sweep']}; total {report['seconds']:.0f} s; wrote {args.out}")
-    return 0 if report["fake_hub_sweep"].get("ok") else 1
+    return 0 if report["fake_hub_sweep"].get("ok") and not failed_stages(report) else 1
+
+
+def failed_stages(report: dict) -> list[str]:
+    """"shape/stage" of every stage that recorded an error."""
+    parts = [(s["shape"], s) for s in report["shapes"]] + [("", {"fake_hub_sweep": report.get("fake_hub_sweep")})]
+    return [f"{name}/{key}".lstrip("/") for name, d in parts for key, v in d.items()
+            if isinstance(v, dict) and "error" in v]
+
+
+def summary_line(s: dict) -> str:
+    """One shape's figures against the targets, or the stages that failed."""
+    bad = {k: v["error"][:120] for k, v in s.items() if isinstance(v, dict) and "error" in v}
+    if bad:
+        return f"{s['shape']}: FAILED {bad}"
+    e, z = s["eap_ig"], s["size_search"]
+    return (f"{s['shape']}: {s['edges']:,} edges; EAP-IG {e['seconds']:.1f} s = {e['ratio']:.2f}x m gradient passes"
+            f" (target <= {TARGET_EAP_RATIO}; one point a pass {e['one_point_per_pass_ratio']:.2f}x, every position"
+            f" {e['every_position_ratio']:.2f}x); size search {z['seconds']:.1f} s ({z['status']}, {z['calls']} calls;"
+            f" target < {TARGET_SEARCH_S:.0f} s); path patching {s['path_patching']['seconds']:.1f} s; "
+            f"OOM halving {s['oom_halving']}")
 
 
 if __name__ == "__main__":
