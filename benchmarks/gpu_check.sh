@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
-[ -x "$PY" ] || PY=python3
+[ -x "$PY" ] || PY=python3  # a GPU machine's own Python with PyTorch (no .venv there): the library from lib/
+export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 exec "$PY" benchmarks/gpu_check.py "$@"

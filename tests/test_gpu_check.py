@@ -81,3 +81,41 @@ def test_an_unknown_shape_is_refused_with_the_choices():
                          capture_output=True, text=True)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "unknown shape(s) pythia-9b; choose from pythia-1.4b, pythia-2.8b" in run.stderr
+
+
+#: What the project needs that a GPU machine's own Python (PyTorch, transformers, pandas, ... but not the book's
+#: tools) lacks: the check must run without them.
+NOT_ON_A_GPU_IMAGE = ("circuittrack", "altair", "vl_convert", "papermill", "nnsight", "transformer_lens", "ray",
+                      "jupyter_book", "ipykernel")
+
+
+def test_it_runs_with_a_python_that_has_pytorch_but_not_this_package_nor_the_book_tools(tmp_path):
+    """A GPU machine runs the script with its own python3: circuittrack comes from lib/ (the script puts it on
+    the path), and nothing the check imports needs the book's or the other backends' packages."""
+    import site
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "py")
+    bare_site = next((tmp_path / "py" / "lib").glob("python3*")) / "site-packages"
+    (bare_site / "deps.pth").write_text(site.getsitepackages()[0] + "\n")  # its .pth files (the install) unread
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"BLOCK = {NOT_ON_A_GPU_IMAGE[1:]!r}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCK:\n"
+        "            raise ImportError(f'not on a GPU image: {name}')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    py = str(tmp_path / "py" / "bin" / "python")
+    env = dict(ENV, PY=py, PYTHONPATH=str(blocker))
+    for name in NOT_ON_A_GPU_IMAGE:  # the setup is what it says
+        probe = subprocess.run([py, "-c", f"import {name}"], capture_output=True, text=True, env=env)
+        assert probe.returncode != 0, name
+    out = tmp_path / "check.json"
+    run = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke", "--shapes", "smoke-a",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["fake_hub_sweep"]["ok"] and report["shapes"][0]["eap_ig"]["ratio"] > 0
