@@ -172,6 +172,7 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"]) if spec.get("threads") else None
     from circuittrack.circuits.attribution import attribute
     from circuittrack.models.runners import get_runner
+    from circuittrack.models.unembed import logits_at
     from circuittrack.tasks.metrics import metric, metric_per_example
 
     dev = spec["device"]
@@ -197,7 +198,8 @@ def worker(spec: dict) -> dict:
             for b in data.batches(bs):
                 b = trimmed(b.to(dev))
                 e = model.get_input_embeddings()(b.clean).detach().requires_grad_()
-                logits = model(inputs_embeds=e, use_cache=False, logits_to_keep=b.answer_pos[:, None]).logits[:, 0]
+                with logits_at(model, b.answer_pos):  # answer-position logits only
+                    logits = model(inputs_embeds=e, use_cache=False).logits[:, 0]
                 torch.autograd.grad(-metric_per_example(logits, b).sum() / n, [e])
             for p in model.parameters():
                 p.requires_grad_(True)

@@ -81,6 +81,7 @@ def timed(dev: str, fn):
 
 def gradient_passes(model, data, m: int, bs: int, dev: str) -> None:
     """m gradient-only passes over the data (EAP-IG's floor: one per interpolation point)."""
+    from circuittrack.models.unembed import logits_at
     from circuittrack.tasks.metrics import metric_per_example
 
     for p in model.parameters():
@@ -89,7 +90,8 @@ def gradient_passes(model, data, m: int, bs: int, dev: str) -> None:
         for b in data.batches(bs):
             b = b.to(dev)
             e = model.get_input_embeddings()(b.clean).detach().requires_grad_()
-            logits = model(inputs_embeds=e, use_cache=False, logits_to_keep=b.answer_pos[:, None]).logits[:, 0]
+            with logits_at(model, b.answer_pos):  # answer-position logits only
+                logits = model(inputs_embeds=e, use_cache=False).logits[:, 0]
             torch.autograd.grad(-metric_per_example(logits, b).sum() / len(data), [e])
     for p in model.parameters():
         p.requires_grad_(True)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from circuittrack.errors import InvalidInput
+from circuittrack.models.unembed import logits_at, unembedding
 from circuittrack.progress import progress_bar
 from circuittrack.tasks.data import TaskData
 from circuittrack.tasks.metrics import answer_logits, metric_per_example
@@ -20,8 +19,8 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
 
     ``model(input_ids).logits`` must give [batch, P, V] next-token logits. Right padding needs no attention mask:
     the causal model reads position ``answer_pos`` only from the real tokens before it, so a batch runs only up to
-    its last answer position, and a model that takes ``logits_to_keep`` (Hugging Face's) unembeds only the
-    answer positions. ``device`` defaults to the device of the model's parameters. ``progress`` shows a bar (with
+    its last answer position, and a model with an output embedding (Hugging Face's ``get_output_embeddings``)
+    unembeds only the answer positions (:mod:`circuittrack.models.unembed`). ``device`` defaults to the device of the model's parameters. ``progress`` shows a bar (with
     the time left) on stderr.
     """
     if batch_size < 1:
@@ -33,12 +32,13 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
             device = torch.device("cpu")
     scores = []
     bar = progress_bar(progress, -(-len(data) // batch_size), f"evaluate {data.task}", unit="batch")
-    keep = _takes_logits_to_keep(model)
+    keep = unembedding(model) is not None
     for batch in data.batches(batch_size):
         b = batch.to(device)
         ids = b.clean[:, :int(b.answer_pos.max()) + 1]
         if keep:
-            final = model(ids, logits_to_keep=b.answer_pos.view(-1, 1)).logits[:, 0]  # [b, V]
+            with logits_at(model, b.answer_pos):
+                final = model(ids).logits[:, 0]  # [b, V]
         else:
             final = answer_logits(model(ids).logits, b)  # [b, P, V] -> [b, V]
         scores.append(metric_per_example(final, b).float().cpu())  # [b]
@@ -50,10 +50,3 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
         out["per_example"] = values
     return out
 
-
-def _takes_logits_to_keep(model) -> bool:
-    """Whether ``model``'s forward takes per-example positions to unembed (Hugging Face causal LMs do)."""
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False

@@ -6,12 +6,15 @@ tensors that the trace puts back into the model.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from torch import Tensor, nn
 
 from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch, get_path, is_wrapped_by_transformer_lens
 from circuittrack.models.hooks import Hooks, intervene_input, intervene_qkv, mlp_in_callbacks
 from circuittrack.models.runners.runner import Prefix, Runner
+from circuittrack.models.unembed import logits_at
 
 
 def wrap_nnsight(hf_model: nn.Module, tokenizer=None):
@@ -53,10 +56,10 @@ class NNsightRunner(Runner):
                 prefix: Prefix | None = None) -> Tensor:
         h = hooks or Hooks()
         a = self.arch
-        kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
-        if prefix is not None:
-            kw["past_key_values"] = prefix.cache(input_ids.shape[0])
-        with self.nn.trace(input_ids, use_cache=False, **kw):
+        kw = {} if prefix is None else {"past_key_values": prefix.cache(input_ids.shape[0])}
+        # logits at ``positions`` only: a hook on the unembedding (circuittrack.models.unembed)
+        with nullcontext() if positions is None else logits_at(self.module, positions), \
+                self.nn.trace(input_ids, use_cache=False, **kw):
             layers = get_path(self.nn, a.layers_path)
             if h.resid0 is not None:
                 new = h.resid0(layers[0].input)

@@ -11,6 +11,7 @@ from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch, get_path, is_wrapped_by_transformer_lens
 from circuittrack.models.hooks import Hooks, intervene_input, intervene_qkv, mlp_in_callbacks
 from circuittrack.models.runners.runner import Prefix, Runner
+from circuittrack.models.unembed import rows_hook, unembedding
 
 
 class TorchRunner(Runner):
@@ -28,6 +29,7 @@ class TorchRunner(Runner):
         a = self.arch
         self._layers = list(get_path(model, a.layers_path))
         self._final_ln = get_path(model, a.final_ln_path)
+        self._unembed = unembedding(model)
 
     def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None,
                 prefix: Prefix | None = None) -> Tensor:
@@ -77,9 +79,9 @@ class TorchRunner(Runner):
                     known(get_path(layer, a.site("mlp_out")), partial(h.mlp_known, l))
             if h.final_in is not None or h.final_in_grad is not None:
                 pre(self._final_ln, partial(self._final_in, h))
-            kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
-            if prefix is not None:
-                kw["past_key_values"] = prefix.cache(input_ids.shape[0])
+            if positions is not None:  # logits at those rows only (circuittrack.models.unembed)
+                pre(self._unembed, rows_hook(positions))
+            kw = {} if prefix is None else {"past_key_values": prefix.cache(input_ids.shape[0])}
             logits = self.module(input_ids=input_ids, use_cache=False, **kw).logits
         finally:
             for hd in reversed(handles):

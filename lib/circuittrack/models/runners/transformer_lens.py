@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import weakref
+from contextlib import nullcontext
 from functools import partial
 
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch
 from circuittrack.models.hooks import QKV_NAMES, Hooks, attach_grad, intervene_input, mlp_in_callbacks
 from circuittrack.models.runners.runner import Prefix, Runner
+from circuittrack.models.unembed import logits_at
 
 _BRIDGE_KEY = "_circuittrack_tl_bridge"
 
@@ -110,6 +112,7 @@ class TransformerLensRunner(Runner):
             super().__init__(arch, self.bridge)
         else:
             raise TypeError(f"TransformerLensRunner needs a HF model or a TransformerBridge, got {type(model)}")
+        self._hf = hf  # its unembedding reads the answer rows only (circuittrack.models.unembed)
 
     def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None,
                 prefix: Prefix | None = None) -> Tensor:
@@ -137,9 +140,8 @@ class TransformerLensRunner(Runner):
                 fwd.append((f"{b}.mlp.hook_out", partial(_call, h.mlp_out, l)))
         if h.final_in is not None or h.final_in_grad is not None:
             fwd.append(("ln_final.hook_in", partial(_final_in, h)))
-        kw = {} if positions is None else {"logits_to_keep": positions.view(-1, 1)}
-        with self.bridge.hooks(fwd_hooks=fwd):
-            logits = self.bridge(input_ids, **kw)
+        with nullcontext() if positions is None else logits_at(self._hf, positions), self.bridge.hooks(fwd_hooks=fwd):
+            logits = self.bridge(input_ids)
         return logits if positions is None else logits[:, 0]
 
 
