@@ -17,11 +17,16 @@ import torch
 from torch import Tensor, nn
 
 
-def unembedding(model: nn.Module) -> nn.Module | None:
-    """The module that maps the final residual to logits (Hugging Face's ``get_output_embeddings()``), or None."""
+def unembedding(model: nn.Module, required: bool = False) -> nn.Module | None:
+    """The module that maps the final residual to logits (Hugging Face's ``get_output_embeddings()``), or None
+    (``required``: a clear error instead)."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
-    return head if isinstance(head, nn.Module) else None
+    if isinstance(head, nn.Module):
+        return head
+    if required:
+        raise TypeError(f"{type(model).__name__} has no output embedding (get_output_embeddings) to read rows from")
+    return None
 
 
 def rows_hook(positions: Tensor):
@@ -39,10 +44,7 @@ def rows_hook(positions: Tensor):
 @contextmanager
 def logits_at(model: nn.Module, positions: Tensor):
     """While open, ``model(...).logits`` is [B, 1, V]: each row's logits at its position in ``positions``."""
-    head = unembedding(model)
-    if head is None:
-        raise TypeError(f"{type(model).__name__} has no output embedding (get_output_embeddings) to read rows from")
-    handle = head.register_forward_pre_hook(rows_hook(positions))
+    handle = unembedding(model, required=True).register_forward_pre_hook(rows_hook(positions))
     try:
         yield
     finally:

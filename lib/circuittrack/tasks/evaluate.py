@@ -20,8 +20,8 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
     ``model(input_ids).logits`` must give [batch, P, V] next-token logits. Right padding needs no attention mask:
     the causal model reads position ``answer_pos`` only from the real tokens before it, so a batch runs only up to
     its last answer position, and a model with an output embedding (Hugging Face's ``get_output_embeddings``)
-    unembeds only the answer positions (:mod:`circuittrack.models.unembed`). ``device`` defaults to the device of the model's parameters. ``progress`` shows a bar (with
-    the time left) on stderr.
+    unembeds only the answer positions (:mod:`circuittrack.models.unembed`). ``device`` defaults to the device of
+    the model's parameters. ``progress`` shows a bar (with the time left) on stderr.
     """
     if batch_size < 1:
         raise InvalidInput(f"batch_size must be a positive integer, got {batch_size}")

@@ -29,7 +29,7 @@ class TorchRunner(Runner):
         a = self.arch
         self._layers = list(get_path(model, a.layers_path))
         self._final_ln = get_path(model, a.final_ln_path)
-        self._unembed = unembedding(model)
+        self._unembed = unembedding(model, required=True)
 
     def forward(self, input_ids: Tensor, hooks: Hooks | None = None, positions: Tensor | None = None,
                 prefix: Prefix | None = None) -> Tensor:
