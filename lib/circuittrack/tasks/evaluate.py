@@ -49,4 +49,3 @@ def evaluate(model, data: TaskData, batch_size: int = 32, device: torch.device |
     if per_example:
         out["per_example"] = values
     return out
-
