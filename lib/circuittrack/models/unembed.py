@@ -29,21 +29,25 @@ def unembedding(model: nn.Module, required: bool = False) -> nn.Module | None:
     return None
 
 
+def rows_at(x: Tensor, positions: Tensor) -> Tensor:
+    """Row b of ``x`` [B, P, ...] at position ``positions[b]`` ([B] or [B, 1]): [B, 1, ...]."""
+    index = positions.reshape(-1, 1, *[1] * (x.dim() - 2)).to(x.device)
+    return torch.gather(x, 1, index.expand(-1, 1, *x.shape[2:]))
+
+
 def rows_hook(positions: Tensor):
     """A forward pre-hook for the unembedding: its input [B, P, d] becomes the rows at ``positions`` ([B] or
     [B, 1]): [B, 1, d], so the logits are [B, 1, V]."""
-    index = positions.reshape(-1, 1, 1)
-
-    def hook(module, args):
-        x = args[0]
-        return (torch.gather(x, 1, index.to(x.device).expand(-1, 1, x.shape[-1])), *args[1:])
-
-    return hook
+    return lambda module, args: (rows_at(args[0], positions), *args[1:])
 
 
 @contextmanager
-def logits_at(model: nn.Module, positions: Tensor):
-    """While open, ``model(...).logits`` is [B, 1, V]: each row's logits at its position in ``positions``."""
+def logits_at(model: nn.Module, positions: Tensor | None):
+    """While open, ``model(...).logits`` is [B, 1, V]: each row's logits at its position in ``positions`` (None:
+    every position, as without it)."""
+    if positions is None:
+        yield
+        return
     handle = unembedding(model, required=True).register_forward_pre_hook(rows_hook(positions))
     try:
         yield

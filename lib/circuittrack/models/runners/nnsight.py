@@ -6,8 +6,6 @@ tensors that the trace puts back into the model.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 from torch import Tensor, nn
 
 from circuittrack.errors import InvalidInput
@@ -58,8 +56,7 @@ class NNsightRunner(Runner):
         a = self.arch
         kw = {} if prefix is None else {"past_key_values": prefix.cache(input_ids.shape[0])}
         # logits at ``positions`` only: a hook on the unembedding (circuittrack.models.unembed)
-        with nullcontext() if positions is None else logits_at(self.module, positions), \
-                self.nn.trace(input_ids, use_cache=False, **kw):
+        with logits_at(self.module, positions), self.nn.trace(input_ids, use_cache=False, **kw):
             layers = get_path(self.nn, a.layers_path)
             if h.resid0 is not None:
                 new = h.resid0(layers[0].input)

@@ -11,7 +11,7 @@ from circuittrack.errors import InvalidInput
 from circuittrack.models.arch import get_arch, get_path, is_wrapped_by_transformer_lens
 from circuittrack.models.hooks import Hooks, intervene_input, intervene_qkv, mlp_in_callbacks
 from circuittrack.models.runners.runner import Prefix, Runner
-from circuittrack.models.unembed import rows_hook, unembedding
+from circuittrack.models.unembed import rows_at, rows_hook, unembedding
 
 
 class TorchRunner(Runner):
@@ -149,10 +149,9 @@ class _AnswerRowsOnly(_SwappedForward):
         super().__init__(module)
 
     def forward(self, run, x: Tensor, *args, **kwargs):
-        rows, pos = self.rows.to(x.device), self.pos.to(x.device)
-        y = run(x[rows, pos].unsqueeze(1), *args, **kwargs)
+        y = run(rows_at(x, self.pos), *args, **kwargs)
         out = y.new_zeros(*x.shape[:2], *y.shape[2:])
-        out[rows, pos] = y[:, 0]
+        out[self.rows.to(x.device), self.pos.to(x.device)] = y[:, 0]
         return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import tempfile
 import weakref
-from contextlib import nullcontext
 from functools import partial
 
 from torch import Tensor, nn
@@ -140,7 +139,7 @@ class TransformerLensRunner(Runner):
                 fwd.append((f"{b}.mlp.hook_out", partial(_call, h.mlp_out, l)))
         if h.final_in is not None or h.final_in_grad is not None:
             fwd.append(("ln_final.hook_in", partial(_final_in, h)))
-        with nullcontext() if positions is None else logits_at(self._hf, positions), self.bridge.hooks(fwd_hooks=fwd):
+        with logits_at(self._hf, positions), self.bridge.hooks(fwd_hooks=fwd):
             logits = self.bridge(input_ids)
         return logits if positions is None else logits[:, 0]
 
